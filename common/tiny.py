@@ -15,7 +15,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 TINY_CROSS_ATTENTION_DIM = 32
 
 
-def tiny_clip_tokenizer(max_length: int = 16) -> CLIPTokenizer:
+def tiny_clip_tokenizer(max_length: int = 77) -> CLIPTokenizer:
     """A character-level CLIP tokenizer: every lowercase letter, digit and common punctuation is a token."""
     characters = list(string.ascii_lowercase + string.digits + ".,!?'-:;()")
     vocab = {character: index for index, character in enumerate(characters)}

@@ -129,7 +129,7 @@ def test_gating_equals_explicit_loop_for_call_variants(components, case):
 
 
 def test_gating_with_prompt_embeds_given_directly(components):
-    embeds = torch.randn(1, 16, 32, generator=torch.Generator().manual_seed(7))
+    embeds = torch.randn(1, 77, 32, generator=torch.Generator().manual_seed(7))
     tgate = run(quiet(TgateStableDiffusionPipeline(**components)), gate_step=3, prompt=None, prompt_embeds=embeds)
     reference = explicit_tgate_latents(components, 3, prompt=None, prompt_embeds=embeds)
     assert torch.equal(tgate, reference)

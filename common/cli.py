@@ -1,0 +1,155 @@
+"""The command line every model folder's ``generate.py`` runs: one TGATE image, optionally beside stock."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from PIL import Image, ImageDraw
+
+from .gate import check_gate_step
+from .models import CheckpointNotFoundError, ModelSpec, get_model
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+TINY_WARNING = "[--tiny] tiny random components, not the real model: the image is noise, only the code path runs."
+
+
+def build_parser(specs: dict[str, ModelSpec], variant_flag: str | None) -> argparse.ArgumentParser:
+    default = next(iter(specs.values()))
+    parser = argparse.ArgumentParser(
+        description=f"Generate an image with TGATE ({', '.join(s.title for s in specs.values())}). Defaults "
+        "reproduce the paper's example: its checkpoint, caption, steps, gate step, scheduler and seed.",
+    )
+    if variant_flag:
+        parser.add_argument(variant_flag, choices=list(specs), default=next(iter(specs)),
+                            help=f"which model to run (default: {next(iter(specs))}): " + ", ".join(f"{k} = {s.title}" for k, s in specs.items()))
+    parser.add_argument("--prompt", help=f"the caption (default: the paper's, e.g. {default.prompt!r})")
+    parser.add_argument("--negative-prompt", default=None, help="negative prompt (the unconditional branch)")
+    parser.add_argument("--steps", type=int, help=f"denoising steps (default: the paper's, {default.steps})")
+    parser.add_argument("--gate", type=int, help="gate step: guided steps before cross-attention is cached and "
+                        f"guidance dropped; >= --steps is stock (default: the paper's, {default.gate_step})")
+    parser.add_argument("--guidance", type=float, help="classifier-free guidance scale; <= 1 turns guidance off "
+                        f"(default: the paper's, {default.guidance_scale})")
+    parser.add_argument("--seed", type=int, help=f"seed of the initial noise (default: the paper's, {default.seed})")
+    parser.add_argument("--model", help="hub id or local diffusers folder of the weights "
+                        f"(default: the paper's checkpoint, e.g. {default.checkpoint})")
+    parser.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
+                        help="weights dtype; auto (default) = float16 on CUDA, float32 on CPU")
+    parser.add_argument("--device", default="auto", help="torch device: cuda, cuda:1, cpu, mps; auto (default) = cuda if available")
+    parser.add_argument("--out", type=Path, help="output PNG (default: <model>_tgate.png in the current folder)")
+    parser.add_argument("--compare", action="store_true", help="also render the stock pipeline with the same seed "
+                        "and save both side by side, each with its time (<out>_stock.png, <out>_compare.png)")
+    parser.add_argument("--tiny", action="store_true", help="tiny random components built offline, for smoke runs "
+                        "without weights: the image is noise")
+    return parser
+
+
+def resolve_device_and_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
+    """The device and dtype to run on; a ``ValueError`` for combinations that cannot work."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"unknown device {device!r}: {error}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device}: MPS is not available on this machine; use --device cpu")
+    if dtype == "auto":
+        dtype = "float16" if resolved.type == "cuda" else "float32"
+    if resolved.type == "cpu" and dtype == "float16":
+        raise ValueError("--dtype float16 does not run on the CPU; use --dtype float32 or bfloat16 there")
+    return resolved, DTYPES[dtype]
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_generation(pipe, device: torch.device, seed: int, **call) -> tuple[Image.Image, float]:
+    generator = torch.Generator("cpu").manual_seed(seed)
+    synchronize(device)
+    start = time.perf_counter()
+    image = pipe(generator=generator, **call).images[0]
+    synchronize(device)
+    return image, time.perf_counter() - start
+
+
+def side_by_side(left: Image.Image, left_label: str, right: Image.Image, right_label: str) -> Image.Image:
+    if left.width < 256:  # tiny smoke-run images: enlarge so the labels fit
+        scale = -(-256 // left.width)
+        left, right = (im.resize((im.width * scale, im.height * scale), Image.NEAREST) for im in (left, right))
+    band = 24
+    canvas = Image.new("RGB", (left.width + right.width, max(left.height, right.height) + band), "white")
+    canvas.paste(left, (0, band))
+    canvas.paste(right, (left.width, band))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 4), left_label, fill="black")
+    draw.text((left.width + 4, 4), right_label, fill="black")
+    return canvas
+
+
+def generate_main(models: str | dict[str, str], argv: Sequence[str] | None = None, variant_flag: str | None = None) -> int:
+    """Run ``generate.py`` for one model key, or for several chosen with ``variant_flag`` (e.g. ``--base``)."""
+    choices = {models: models} if isinstance(models, str) else models
+    specs = {choice: get_model(key) for choice, key in choices.items()}
+    parser = build_parser(specs, variant_flag)
+    args = parser.parse_args(argv)
+    spec = specs[getattr(args, variant_flag.lstrip("-").replace("-", "_"))] if variant_flag else next(iter(specs.values()))
+
+    steps = spec.steps if args.steps is None else args.steps
+    gate = spec.gate_step if args.gate is None else args.gate
+    guidance = spec.guidance_scale if args.guidance is None else args.guidance
+    seed = spec.seed if args.seed is None else args.seed
+    try:
+        if steps < 1:
+            raise ValueError(f"--steps must be >= 1, got {steps}")
+        check_gate_step(gate)
+        if guidance < 0:
+            raise ValueError(f"--guidance must be >= 0, got {guidance}")
+        if args.tiny and args.model:
+            raise ValueError("--tiny builds random components and ignores weights: drop --model or --tiny")
+        device, dtype = resolve_device_and_dtype(args.device, args.dtype)
+    except ValueError as error:
+        parser.error(str(error))
+
+    if args.tiny:
+        print(TINY_WARNING)
+        pipe = spec.tiny_pipeline().to(dtype=dtype)
+    else:
+        try:
+            pipe = spec.load(args.model, torch_dtype=dtype)
+        except CheckpointNotFoundError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+    pipe = pipe.to(device)
+
+    call = dict(prompt=args.prompt or spec.prompt, negative_prompt=args.negative_prompt,
+                num_inference_steps=steps, guidance_scale=guidance)
+    out = args.out or Path(f"{spec.key}_tgate.png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    print(f"{spec.title} | {'tiny random' if args.tiny else args.model or spec.checkpoint} | {steps} steps, "
+          f"gate {gate}, guidance {guidance}, seed {seed} | {device} {str(dtype).removeprefix('torch.')}")
+    if args.compare:  # warm up kernels and caches so neither timed run pays for them
+        pipe(**{**call, "num_inference_steps": 2}, output_type="latent")
+
+    image, seconds = timed_generation(pipe, device, seed, gate_step=gate, **call)
+    image.save(out)
+    print(f"TGATE  {seconds:7.2f} s -> {out}")
+    if args.compare:
+        stock, stock_seconds = timed_generation(pipe, device, seed, **call)
+        stock_out = out.with_name(f"{out.stem}_stock{out.suffix}")
+        compare_out = out.with_name(f"{out.stem}_compare{out.suffix}")
+        stock.save(stock_out)
+        side_by_side(stock, f"stock {stock_seconds:.2f} s", image, f"TGATE gate {gate}: {seconds:.2f} s").save(compare_out)
+        print(f"stock  {stock_seconds:7.2f} s -> {stock_out}  (TGATE speedup {stock_seconds / seconds:.2f}x)")
+        print(f"side by side -> {compare_out}")
+    if args.tiny:
+        print(TINY_WARNING)
+    return 0

@@ -1,0 +1,134 @@
+"""The models of the paper's table: checkpoints, the paper's sampling settings, pipeline classes, loading.
+
+Settings come from ``paper_results.json`` (the paper's table and the v1 example scripts' settings); the
+architecture configs of each checkpoint are in ``model_configs/<key>/``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+COMMON_DIR = Path(__file__).resolve().parent
+CONFIG_ROOT = COMMON_DIR / "model_configs"
+PAPER = json.loads((COMMON_DIR / "paper_results.json").read_text())
+
+
+class CheckpointNotFoundError(RuntimeError):
+    """The weights of a checkpoint are neither in the Hugging Face cache nor in the given folder."""
+
+
+def import_object(path: str) -> Any:
+    """``"package.module:name"`` -> the object."""
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    key: str  # the name used on every command line: sd15, sd21, sdxl, pixart_alpha, lcm_sdxl, lcm_pixart
+    title: str
+    pipeline: str  # "module:Class" of the TGATE pipeline
+    checkpoint: str  # what `from_pretrained` loads by default (hub id)
+    steps: int
+    gate_step: int
+    guidance_scale: float
+    resolution: int
+    prompt: str
+    seed: int
+    scheduler: str | None  # the diffusers scheduler the paper's script installs; None keeps the checkpoint's
+    tiny: str  # "module:function" building tiny random components of this family
+    loader: str | None = None  # "module:function(spec, source, torch_dtype)" where from_pretrained is not enough
+    note: str = ""
+
+    @property
+    def config_dir(self) -> Path:
+        return CONFIG_ROOT / self.key
+
+    @property
+    def pipeline_class(self) -> type:
+        return import_object(self.pipeline)
+
+    def tiny_components(self, seed: int = 0) -> dict:
+        return import_object(self.tiny)(seed=seed)
+
+    def tiny_pipeline(self, seed: int = 0):
+        """The TGATE pipeline on tiny random components (the images are noise)."""
+        return self.install_scheduler(self.pipeline_class(**self.tiny_components(seed=seed)))
+
+    def load(self, source: str | None = None, torch_dtype: torch.dtype | None = None):
+        """The TGATE pipeline with real weights from ``source`` (hub id or local folder; default: the checkpoint)."""
+        source = source or self.checkpoint
+        load: Callable = import_object(self.loader) if self.loader else load_with_from_pretrained
+        try:
+            pipe = load(self, source, torch_dtype)
+        except (OSError, ValueError) as error:
+            raise CheckpointNotFoundError(missing_weights_message(self, source, error)) from error
+        return self.install_scheduler(pipe)
+
+    def install_scheduler(self, pipe):
+        if self.scheduler:
+            pipe.scheduler = import_object(f"diffusers:{self.scheduler}").from_config(pipe.scheduler.config)
+        return pipe
+
+    def paper_row(self, tgate: bool) -> dict:
+        return next(row for row in PAPER["rows"] if row["model"] == self.key and row["tgate"] == tgate)
+
+
+def load_with_from_pretrained(spec: ModelSpec, source: str, torch_dtype: torch.dtype | None):
+    return spec.pipeline_class.from_pretrained(source, torch_dtype=torch_dtype)
+
+
+def missing_weights_message(spec: ModelSpec, source: str, error: Exception) -> str:
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return (
+        f"Could not load the {spec.title} weights from '{source}'.\n"
+        f"  reason: {reason}\n"
+        f"  To provide them: download once with network access (`huggingface-cli download {spec.checkpoint}` "
+        "fills the Hugging Face cache, $HF_HOME, which is then used offline), or pass a local diffusers folder "
+        "with --model PATH.\n"
+        "  For an offline smoke run without weights, use --tiny (tiny random components; the image is noise)."
+    )
+
+
+def _paper_settings(key: str) -> dict:
+    defaults = PAPER["defaults"][key]
+    return dict(steps=defaults["steps"], gate_step=defaults["gate_step"], resolution=defaults["resolution"],
+                prompt=defaults["prompt"], seed=defaults["seed"])
+
+
+MODELS: dict[str, ModelSpec] = {
+    "sd15": ModelSpec(
+        key="sd15",
+        title="SD-1.5",
+        pipeline="SD_1_5.pipeline:TgateStableDiffusionPipeline",
+        # runwayml/stable-diffusion-v1-5 (the paper's) left the Hub in 2024; this is its maintained mirror.
+        checkpoint="stable-diffusion-v1-5/stable-diffusion-v1-5",
+        guidance_scale=7.5,
+        scheduler="DPMSolverMultistepScheduler",
+        tiny="common.tiny:tiny_sd_components",
+        note="the paper used runwayml/stable-diffusion-v1-5, now mirrored as stable-diffusion-v1-5/stable-diffusion-v1-5",
+        **_paper_settings("sd15"),
+    ),
+    "sd21": ModelSpec(
+        key="sd21",
+        title="SD-2.1",
+        pipeline="SD_2_1.pipeline:TgateStableDiffusionPipeline",
+        checkpoint="stabilityai/stable-diffusion-2-1",
+        guidance_scale=7.5,
+        scheduler="DPMSolverMultistepScheduler",
+        tiny="common.tiny:tiny_sd_components",
+        **_paper_settings("sd21"),
+    ),
+}
+
+
+def get_model(key: str) -> ModelSpec:
+    if key not in MODELS:
+        raise ValueError(f"unknown model {key!r}; choose one of: {', '.join(MODELS)}")
+    return MODELS[key]

@@ -1,0 +1,98 @@
+"""generate.py: smoke runs on tiny components, clear errors for bad input and missing weights."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from common.cli import generate_main, resolve_device_and_dtype
+from common.models import MODELS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_generate_script_runs_from_its_folder_and_writes_a_png(tmp_path):
+    out = tmp_path / "sd15.png"
+    result = subprocess.run(
+        [sys.executable, "generate.py", "--tiny", "--steps", "3", "--gate", "2", "--out", str(out)],
+        cwd=ROOT / "SD_1_5", capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "the image is noise" in result.stdout
+    assert Image.open(out).size == (32, 32)
+
+
+@pytest.mark.parametrize("model", ["sd15", "sd21"])
+def test_compare_writes_both_images_side_by_side_with_times(tmp_path, capsys, model):
+    out = tmp_path / "img.png"
+    assert generate_main(model, ["--tiny", "--steps", "4", "--gate", "2", "--compare", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "TGATE" in printed and "stock" in printed and "speedup" in printed
+    tgate, stock = Image.open(out), Image.open(tmp_path / "img_stock.png")
+    compare = Image.open(tmp_path / "img_compare.png")
+    assert tgate.size == stock.size and compare.width >= 2 * tgate.width
+    assert not np.array_equal(np.asarray(tgate), np.asarray(stock))  # gate 2 of 4 steps changes the image
+
+
+def test_gate_at_steps_gives_the_stock_image(tmp_path):
+    out = tmp_path / "img.png"
+    assert generate_main("sd15", ["--tiny", "--steps", "3", "--gate", "3", "--compare", "--out", str(out)]) == 0
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(tmp_path / "img_stock.png")))
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--gate", "0"], "gate_step must be >= 1"),
+        (["--gate", "-2"], "gate_step must be >= 1"),
+        (["--steps", "0"], "--steps must be >= 1"),
+        (["--guidance", "-1"], "--guidance must be >= 0"),
+        (["--dtype", "float16", "--device", "cpu"], "float16 does not run on the CPU"),
+        (["--model", "somewhere"], "drop --model or --tiny"),
+    ],
+)
+def test_bad_arguments_exit_with_a_short_message(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        generate_main("sd15", ["--tiny", *argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_non_integer_gate_is_rejected_by_the_parser(capsys):
+    with pytest.raises(SystemExit):
+        generate_main("sd15", ["--tiny", "--gate", "2.5"])
+    assert "invalid int value" in capsys.readouterr().err
+
+
+def test_cuda_without_cuda_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        resolve_device_and_dtype("cuda", "auto")
+
+
+def test_auto_dtype_on_cpu_is_float32():
+    device, dtype = resolve_device_and_dtype("cpu", "auto")
+    assert (device.type, str(dtype)) == ("cpu", "torch.float32")
+
+
+def test_missing_local_weights_name_the_folder_and_how_to_provide_them(tmp_path, capsys):
+    missing = tmp_path / "no-such-checkpoint"
+    assert generate_main("sd15", ["--model", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "--model PATH" in err and "--tiny" in err
+    assert "Traceback" not in err
+
+
+def test_missing_hub_weights_offline_name_the_checkpoint(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    result = subprocess.run([sys.executable, "SD_2_1/generate.py"], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 2
+    assert MODELS["sd21"].checkpoint in result.stderr and "huggingface-cli download" in result.stderr
+    assert "Traceback" not in result.stderr
