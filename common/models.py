@@ -43,6 +43,7 @@ class ModelSpec:
     seed: int
     scheduler: str | None  # the diffusers scheduler the paper's script installs; None keeps the checkpoint's
     tiny: str  # "module:function" building tiny random components of this family
+    denoiser: str = "unet"  # the denoiser's component name (and config subfolder): unet or transformer
     loader: str | None = None  # "module:function(spec, source, torch_dtype)" where from_pretrained is not enough
     note: str = ""
 
@@ -124,6 +125,49 @@ MODELS: dict[str, ModelSpec] = {
         scheduler="DPMSolverMultistepScheduler",
         tiny="common.tiny:tiny_sd_components",
         **_paper_settings("sd21"),
+    ),
+    "sdxl": ModelSpec(
+        key="sdxl",
+        title="SDXL",
+        pipeline="SDXL.pipeline:TgateStableDiffusionXLPipeline",
+        checkpoint="stabilityai/stable-diffusion-xl-base-1.0",
+        guidance_scale=5.0,
+        scheduler="DPMSolverMultistepScheduler",
+        tiny="common.tiny:tiny_sdxl_components",
+        **_paper_settings("sdxl"),
+    ),
+    "pixart_alpha": ModelSpec(
+        key="pixart_alpha",
+        title="PixArt-Alpha",
+        pipeline="PixArt_alpha.pipeline:TgatePixArtAlphaPipeline",
+        checkpoint="PixArt-alpha/PixArt-XL-2-1024-MS",
+        guidance_scale=4.5,
+        scheduler=None,  # the checkpoint's DPMSolverMultistepScheduler
+        tiny="common.tiny:tiny_pixart_components",
+        denoiser="transformer",
+        **_paper_settings("pixart_alpha"),
+    ),
+    "lcm_sdxl": ModelSpec(
+        key="lcm_sdxl",
+        title="LCM (SDXL)",
+        pipeline="SDXL.pipeline:TgateStableDiffusionXLPipeline",
+        checkpoint="latent-consistency/lcm-sdxl",  # the UNet; the rest comes from SDXL base
+        guidance_scale=5.0,  # the SDXL pipeline's default; LCM takes it as an embedding, no second branch
+        scheduler="LCMScheduler",
+        tiny="common.tiny:tiny_lcm_sdxl_components",
+        loader="LCM.pipeline:load_lcm_sdxl",
+        **_paper_settings("lcm_sdxl"),
+    ),
+    "lcm_pixart": ModelSpec(
+        key="lcm_pixart",
+        title="LCM (PixArt-Alpha)",
+        pipeline="PixArt_alpha.pipeline:TgatePixArtAlphaPipeline",
+        checkpoint="PixArt-alpha/PixArt-LCM-XL-2-1024-MS",
+        guidance_scale=0.0,  # PixArt-LCM samples without classifier-free guidance
+        scheduler=None,  # the checkpoint's LCMScheduler
+        tiny="common.tiny:tiny_lcm_pixart_components",
+        denoiser="transformer",
+        **_paper_settings("lcm_pixart"),
     ),
 }
 
