@@ -16,6 +16,14 @@ from .models import CheckpointNotFoundError, ModelSpec, get_model
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 TINY_WARNING = "[--tiny] tiny random components, not the real model: the image is noise, only the code path runs."
+TOY_MODEL = "toy"  # --model toy: the toy checkpoint committed in eval/toy/checkpoint/, no download
+TOY_NOTE = ("[--model toy] the toy checkpoint trained here on scikit-learn's 8x8 digits (16x16 images), "
+            "not a paper model")
+
+
+def runs_toy(spec: ModelSpec) -> bool:
+    """Whether ``spec``'s generate.py can run the toy checkpoint (a Stable Diffusion pipeline)."""
+    return spec.pipeline_class is get_model(TOY_MODEL).pipeline_class
 
 
 def build_parser(specs: dict[str, ModelSpec], variant_flag: str | None) -> argparse.ArgumentParser:
@@ -35,8 +43,12 @@ def build_parser(specs: dict[str, ModelSpec], variant_flag: str | None) -> argpa
     parser.add_argument("--guidance", type=float, help="classifier-free guidance scale; <= 1 turns guidance off "
                         f"(default: the paper's, {default.guidance_scale})")
     parser.add_argument("--seed", type=int, help=f"seed of the initial noise (default: the paper's, {default.seed})")
+    toy = get_model(TOY_MODEL)
+    toy_help = (f"; '{TOY_MODEL}' runs the toy digits checkpoint committed in eval/toy/checkpoint/, offline, with its "
+                f"own defaults ({toy.resolution}x{toy.resolution}, {toy.steps} steps, gate {toy.gate_step}, guidance "
+                f"{toy.guidance_scale}, prompt {toy.prompt!r})") if runs_toy(default) else ""
     parser.add_argument("--model", help="hub id or local diffusers folder of the weights "
-                        f"(default: the paper's checkpoint, e.g. {default.checkpoint})")
+                        f"(default: the paper's checkpoint, e.g. {default.checkpoint}){toy_help}")
     parser.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
                         help="weights dtype; auto (default) = float16 on CUDA, float32 on CPU")
     parser.add_argument("--device", default="auto", help="torch device: cuda, cuda:1, cpu, mps; auto (default) = cuda if available")
@@ -102,6 +114,9 @@ def generate_main(models: str | dict[str, str], argv: Sequence[str] | None = Non
     parser = build_parser(specs, variant_flag)
     args = parser.parse_args(argv)
     spec = specs[getattr(args, variant_flag.lstrip("-").replace("-", "_"))] if variant_flag else next(iter(specs.values()))
+    if args.model == TOY_MODEL and not args.tiny and runs_toy(spec):  # the committed toy, with its own settings
+        spec, args.model = get_model(TOY_MODEL), None
+        print(TOY_NOTE)
 
     steps = spec.steps if args.steps is None else args.steps
     gate = spec.gate_step if args.gate is None else args.gate

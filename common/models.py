@@ -16,6 +16,7 @@ import torch
 
 COMMON_DIR = Path(__file__).resolve().parent
 CONFIG_ROOT = COMMON_DIR / "model_configs"
+TOY_CHECKPOINT = COMMON_DIR.parent / "eval" / "toy" / "checkpoint"  # trained here by eval/toy/train.py
 PAPER = json.loads((COMMON_DIR / "paper_results.json").read_text())
 
 
@@ -46,10 +47,11 @@ class ModelSpec:
     denoiser: str = "unet"  # the denoiser's component name (and config subfolder): unet or transformer
     loader: str | None = None  # "module:function(spec, source, torch_dtype)" where from_pretrained is not enough
     note: str = ""
+    configs: str | None = None  # folder of the component configs, where it is not model_configs/<key>
 
     @property
     def config_dir(self) -> Path:
-        return CONFIG_ROOT / self.key
+        return Path(self.configs) if self.configs else CONFIG_ROOT / self.key
 
     @property
     def pipeline_class(self) -> type:
@@ -77,8 +79,9 @@ class ModelSpec:
             pipe.scheduler = import_object(f"diffusers:{self.scheduler}").from_config(pipe.scheduler.config)
         return pipe
 
-    def paper_row(self, tgate: bool) -> dict:
-        return next(row for row in PAPER["rows"] if row["model"] == self.key and row["tgate"] == tgate)
+    def paper_row(self, tgate: bool) -> dict | None:
+        """The paper's table row of this model (None for a model outside the paper, such as the toy)."""
+        return next((row for row in PAPER["rows"] if row["model"] == self.key and row["tgate"] == tgate), None)
 
 
 def load_with_from_pretrained(spec: ModelSpec, source: str, torch_dtype: torch.dtype | None):
@@ -168,6 +171,25 @@ MODELS: dict[str, ModelSpec] = {
         tiny="common.tiny:tiny_lcm_pixart_components",
         denoiser="transformer",
         **_paper_settings("lcm_pixart"),
+    ),
+    # Not in the paper: a small text-to-image model trained here on scikit-learn's digits, committed so that
+    # every script runs end to end offline on a denoiser that really maps text to images.
+    "toy": ModelSpec(
+        key="toy",
+        title="toy digits (trained here, not a paper model)",
+        pipeline="SD_1_5.pipeline:TgateStableDiffusionPipeline",
+        checkpoint=str(TOY_CHECKPOINT),
+        steps=25,
+        gate_step=10,
+        guidance_scale=5.0,
+        resolution=16,
+        prompt="a handwritten digit seven",
+        seed=0,
+        scheduler="DPMSolverMultistepScheduler",  # the checkpoint's own; SD's scaled_linear betas
+        tiny="common.tiny:tiny_sd_components",
+        note="a 16x16 text-to-image model of handwritten digits trained by eval/toy/train.py; "
+        'prompts "a handwritten digit <word>" and "the digit <numeral>"',
+        configs=str(TOY_CHECKPOINT),
     ),
 }
 
