@@ -166,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
           f"digit, {args.steps} DPM-Solver steps, guidance {args.guidance}, seed {args.seed}")
     rows = evaluate_gates(pipe, args.gates, args.per_digit, args.steps, args.guidance, args.seed, args.styles)
     rows.append(real_digits_row(10 * args.per_digit))
+    if 10 * args.per_digit < 2 * digits.FEATURE_DIM:
+        print(f"note: toy-FD from fewer than {2 * digits.FEATURE_DIM} samples is dominated by estimation bias; "
+              "compare settings only at the same --per-digit")
     print(f"\n{'setting':<34} {'accuracy':>9} {'toy-FD':>8} {'s/image':>9}")
     for row in rows:
         seconds = f"{row['seconds_per_image']:.4f}" if row["seconds_per_image"] is not None else "-"
