@@ -1,8 +1,9 @@
 """MACs and parameters of each model's denoiser over one sampling run, stock and with TGATE, beside the paper's.
 
-Run from the repository root: ``python eval/macs.py`` (``--help`` for the flags). Offline, in seconds: the
-real denoisers are built from their architecture configs on the ``meta`` device (no weights, no memory) and
-calflops counts one forward of each kind of step, run through the project's own gate (``common.gate``):
+Run from the repository root: ``python eval/macs.py`` (``--help`` for the flags). Offline, in about a
+minute on a CPU for the table's six models: the real denoisers are built from their architecture configs on
+the ``meta`` device (no weights, no memory) and calflops counts one forward of each kind of step, run
+through the project's own gate (``common.gate``):
 
 - guided: a step before ``gate - 1``, on ``[uncond, cond]`` (batch 2) under guidance, batch 1 without (LCM);
   the hooks pass it through unchanged, so it is also every step of the stock baseline;
@@ -221,13 +222,17 @@ def build_parser() -> argparse.ArgumentParser:
         "next to the paper's figures. Offline and weight-free: the real architectures are built from their "
         "configs on the meta device and calflops counts them through the project's TGATE hooks.",
     )
-    parser.add_argument("--model", default="all", help=f"which model: {', '.join(MODELS)}, or all (default)")
-    parser.add_argument("--gate", type=int, help="gate step: steps run stock before cross-attention is cached "
-                        "and guidance dropped (default: each model's paper setting; for the SD models also the "
-                        "gate that reproduces the paper's MACs, where it differs)")
-    parser.add_argument("--steps", type=int, help="sampling steps (default: each model's paper setting)")
-    parser.add_argument("--resolution", type=int, help="image side in pixels (default: each model's paper "
-                        "setting: 512 for SD-1.5, 768 for SD-2.1, 1024 for the others)")
+    parser.add_argument("--model", default="all", metavar="NAME",
+                        help=f"which model: {', '.join(MODELS)}, or all (default)")
+    parser.add_argument("--gate", type=int, metavar="N",
+                        help="gate step: steps run stock before cross-attention is cached and guidance dropped "
+                        "(default: each model's paper setting, plus a row at the gate that gives the paper's MACs "
+                        "w/ TGATE where that setting does not: gate 5 for the SD models)")
+    parser.add_argument("--steps", type=int, metavar="N",
+                        help="sampling steps (default: each model's paper setting)")
+    parser.add_argument("--resolution", type=int, metavar="PIXELS",
+                        help="image side in pixels (default: each model's paper setting: 512 for SD-1.5, "
+                        "768 for SD-2.1, 1024 for the others)")
     parser.add_argument("--config", metavar="HUB_ID_OR_FOLDER", help="count another checkpoint of the same family "
                         "as --model (which must name one model): a hub id or local folder with the denoiser's "
                         "config, either the pipeline (unet/ or transformer/ inside) or the denoiser folder itself")
@@ -273,23 +278,24 @@ def model_results(spec: ModelSpec, args: argparse.Namespace) -> list[Result]:
         return results
     match = matching_gate(forward, steps, paper["macs_tgate"])
     if match is not None and match != gate:
-        setting = f"gate {match}: {match - 1} guided + 1 caching + {steps - match} gated steps"
+        setting = f"gate {match}: {match} guided steps (the last caching) + {steps - match} gated steps"
         results.append(Result(make_row(spec.key, steps, match, forward, parameter_counts(denoiser, steps, match)),
                               paper, setting))
     return results
 
 
 def text_table(results: list[Result]) -> str:
-    width = 16
-    lines = [f"{'model':<13}{'steps':>5}{'gate':>5}  " + "".join(f"{HEADERS[m]:>{width}}" for m in METRICS) + "  note"]
+    def line(label: str, cells: list[str], note: str = "") -> str:
+        return f"{label:<23}" + "".join(f"{cell:>16}" for cell in cells) + (f"  {note}" if note else "")
+
+    lines = [line(f"{'model':<13}{'steps':>5}{'gate':>5}", [HEADERS[m] for m in METRICS], "note")]
     for result in results:
-        row = result.row
-        lines.append(f"{row['model']:<13}{row['steps']:>5}{row['gate']:>5}  "
-                     + "".join(f"{format_count(row[m], m):>{width}}" for m in METRICS) + f"  {result.note}")
-        if result.paper:
-            lines.append(f"{'  paper':<23}  " + "".join(f"{format_count(result.paper[m], m):>{width}}" for m in METRICS))
-            lines.append(f"{'  difference':<23}  "
-                         + "".join(f"{deviation(row[m], result.paper[m]):>+{width}.3%}" for m in METRICS))
+        row, paper = result.row, result.paper
+        setting = f"{row['model']:<13}{row['steps']:>5}{row['gate']:>5}"
+        lines.append(line(setting, [format_count(row[m], m) for m in METRICS], result.note))
+        if paper:
+            lines.append(line("  paper", [format_count(paper[m], m) for m in METRICS]))
+            lines.append(line("  difference", [f"{deviation(row[m], paper[m]):+.3%}" for m in METRICS]))
     return "\n".join(lines)
 
 

@@ -117,8 +117,9 @@ def test_tgate_total_is_gate_guided_forwards_plus_gated_forwards(case):
 def documented_parameter_counts():
     """The parameter counts listed in common/model_configs/SOURCES.md, by model key."""
     text = (CONFIG_ROOT / "SOURCES.md").read_text()
+    pixart = "PixArt-alpha / PixArt-LCM transformer"
     labels = {"sd15": "SD-1.5 UNet", "sd21": "SD-2.1 UNet", "sdxl": "SDXL UNet", "lcm_sdxl": "LCM-SDXL UNet",
-              "pixart_alpha": "PixArt-alpha / PixArt-LCM transformer", "lcm_pixart": "PixArt-alpha / PixArt-LCM transformer"}
+              "pixart_alpha": pixart, "lcm_pixart": pixart}
     return {key: int(re.search(rf"^\| {re.escape(label)} \| ([\d,]+)", text, re.M).group(1).replace(",", ""))
             for key, label in labels.items()}
 
@@ -168,7 +169,7 @@ def test_sd15_reproduces_the_paper_at_gate_5_not_at_the_example_gate_10(tmp_path
 
     printed = capsys.readouterr().out
     assert printed.startswith("| model | steps | gate |")
-    assert "gate 5: 4 guided + 1 caching + 20 gated steps; all four within 0.1% of the paper" in printed
+    assert "gate 5: 5 guided steps (the last caching) + 20 gated steps; all four within 0.1% of the paper" in printed
     assert "(paper 9.875T, " in printed
 
 
