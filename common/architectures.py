@@ -126,21 +126,31 @@ def denoiser_inputs(
             return torch.empty(shape, device=device, dtype=dtype)
         return torch.randn(shape, generator=generator, dtype=dtype).to(device)
 
-    inputs: dict[str, Any] = {"timestep": torch.full((batch,), 999, device=device), "return_dict": False}
+    # The latents first, as the pipelines pass them (TGATE's guidance cut reads the batch size off the first tensor).
+    latents = random(batch, config.in_channels, latent, latent)
+    timestep = torch.full((batch,), 999, device=device)
     if isinstance(denoiser, PixArtTransformer2DModel):
-        inputs["hidden_states"] = random(batch, config.in_channels, latent, latent)
-        inputs["encoder_hidden_states"] = random(batch, T5_TOKENS, config.caption_channels)
-        inputs["encoder_attention_mask"] = torch.ones(batch, T5_TOKENS, device=device, dtype=dtype)
-        inputs["added_cond_kwargs"] = {"resolution": None, "aspect_ratio": None}
+        sizes = {"resolution": None, "aspect_ratio": None}
         if denoiser.use_additional_conditions:
-            inputs["added_cond_kwargs"] = {
+            sizes = {
                 "resolution": torch.full((batch, 2), float(resolution), device=device, dtype=dtype),
                 "aspect_ratio": torch.ones(batch, 1, device=device, dtype=dtype),
             }
-        return inputs
+        return {
+            "hidden_states": latents,
+            "timestep": timestep,
+            "encoder_hidden_states": random(batch, T5_TOKENS, config.caption_channels),
+            "encoder_attention_mask": torch.ones(batch, T5_TOKENS, device=device, dtype=dtype),
+            "added_cond_kwargs": sizes,
+            "return_dict": False,
+        }
 
-    inputs["sample"] = random(batch, config.in_channels, latent, latent)
-    inputs["encoder_hidden_states"] = random(batch, CLIP_TOKENS, config.cross_attention_dim)
+    inputs = {
+        "sample": latents,
+        "timestep": timestep,
+        "encoder_hidden_states": random(batch, CLIP_TOKENS, config.cross_attention_dim),
+        "return_dict": False,
+    }
     if config.addition_embed_type == "text_time":  # SDXL: pooled text embedding + size/crop conditions
         pooled = config.projection_class_embeddings_input_dim - SDXL_TIME_IDS * config.addition_time_embed_dim
         time_ids = torch.tensor([resolution, resolution, 0, 0, resolution, resolution], dtype=dtype)
