@@ -43,10 +43,10 @@ def load_lcm_sdxl(spec: ModelSpec, source: str, torch_dtype: torch.dtype | None)
     folder whose ``unet`` is the LCM one. The scheduler is installed by the registry (``LCMScheduler``).
     """
     if (Path(source) / "model_index.json").is_file():
-        return TgateStableDiffusionXLPipeline.from_pretrained(source, torch_dtype=torch_dtype)
-    unet = UNet2DConditionModel.from_pretrained(source, torch_dtype=torch_dtype)
+        return TgateStableDiffusionXLPipeline.from_pretrained(source, dtype=torch_dtype)
+    unet = UNet2DConditionModel.from_pretrained(source, dtype=torch_dtype)
     base = get_model("sdxl").checkpoint
     try:
-        return TgateStableDiffusionXLPipeline.from_pretrained(base, unet=unet, torch_dtype=torch_dtype)
+        return TgateStableDiffusionXLPipeline.from_pretrained(base, unet=unet, dtype=torch_dtype)
     except (OSError, ValueError) as error:
         raise OSError(f"SDXL base '{base}' (text encoders, VAE) for the LCM UNet: {error}") from error

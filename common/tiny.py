@@ -29,6 +29,9 @@ from transformers import (
 from .models import CONFIG_ROOT
 
 TINY_CROSS_ATTENTION_DIM = 32
+# the UNet shape every tiny UNet shares: 16x16 latents with SD's 4 channels, two levels
+TINY_UNET = dict(sample_size=16, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+                 norm_num_groups=4)
 TINY_CHARACTERS = string.ascii_lowercase + string.digits + ".,!?'-:;()"
 
 
@@ -86,16 +89,11 @@ def tiny_sd_components(seed: int = 0) -> dict:
     torch.manual_seed(seed)
     tokenizer = tiny_clip_tokenizer()
     unet = UNet2DConditionModel(
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(16, 32),
-        layers_per_block=1,
+        **TINY_UNET,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=TINY_CROSS_ATTENTION_DIM,
         attention_head_dim=4,
-        norm_num_groups=4,
     ).eval()
     return {
         "unet": unet,
@@ -129,11 +127,7 @@ def tiny_sdxl_components(seed: int = 0, time_cond_proj_dim: int | None = None, s
     ).eval()
     time_embed_dim = 8
     unet = UNet2DConditionModel(
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(16, 32),
-        layers_per_block=1,
+        **TINY_UNET,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         transformer_layers_per_block=(1, 2),
@@ -146,7 +140,6 @@ def tiny_sdxl_components(seed: int = 0, time_cond_proj_dim: int | None = None, s
         # six size numbers (original size, crop corner, target size), then the pooled text embedding
         projection_class_embeddings_input_dim=6 * time_embed_dim + TINY_CROSS_ATTENTION_DIM,
         time_cond_proj_dim=time_cond_proj_dim,
-        norm_num_groups=4,
     ).eval()
     return {
         "unet": unet,

@@ -12,14 +12,16 @@ from diffusers.utils.torch_utils import randn_tensor
 from common.models import get_model
 from common.tiny import tiny_lcm_pixart_components, tiny_lcm_sdxl_components
 from LCM.pipeline import LCM_MODELS, TgatePixArtAlphaPipeline, TgateStableDiffusionXLPipeline, load_lcm
-from tests.tgate_checks import (  # noqa: F401  (one_torch_thread is an autouse fixture)
+from tests.tgate_checks import (  # noqa: F401  (one_torch_thread: a fixture, used by pytestmark)
     one_torch_thread,
+    assert_gated_run,
     pipeline_is_stock,
-    projections_per_step,
     quiet,
     record_denoiser_calls,
     reference_cross_attention_gate,
 )
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 STEPS = 4  # the paper's LCM setting: 4 steps, gate 1
 PROMPT = "self-portrait oil painting, a beautiful cyborg"
@@ -137,10 +139,8 @@ def test_cache_is_the_cross_attention_output_itself_and_the_batch_is_never_doubl
     denoiser = tgate.denoiser
     entry = denoiser.conv_in if base == "sdxl" else denoiser.pos_embed
     calls = record_denoiser_calls(denoiser, entry, lambda: run(tgate, gate_step=1, prompt=["a", "b"]))
-    assert [call.batch for call in calls] == [2] * STEPS
-    assert [call.projections for call in calls] == [projections_per_step(denoiser)] + [0] * (STEPS - 1)
-    for gated in calls[1:]:
-        assert all(torch.equal(cached, output) for cached, output in zip(gated.cross_attention, calls[0].cross_attention))
+    assert len(calls) == STEPS
+    assert_gated_run(calls, denoiser, gate=1, images=2, guided=False)  # never two samples per image
 
 
 @pytest.mark.parametrize("base", FAMILIES)

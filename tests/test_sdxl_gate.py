@@ -7,14 +7,16 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from common.tiny import tiny_sdxl_components
 from SDXL.pipeline import TgateStableDiffusionXLPipeline
-from tests.tgate_checks import (  # noqa: F401  (one_torch_thread is an autouse fixture)
+from tests.tgate_checks import (  # noqa: F401  (one_torch_thread: a fixture, used by pytestmark)
     one_torch_thread,
+    assert_gated_run,
     pipeline_is_stock,
-    projections_per_step,
     quiet,
     record_denoiser_calls,
     reference_cross_attention_gate,
 )
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 STEPS = 5
 PROMPT = "an astronaut in a jungle"
@@ -133,15 +135,13 @@ def test_gating_equals_explicit_loop_for_call_variants(components, case):
 
 def test_cache_is_the_mean_of_the_guidance_halves_and_after_the_gate_nothing_else_runs(components):
     pipe = quiet(TgateStableDiffusionXLPipeline(**components))
-    calls = record_denoiser_calls(
-        pipe.unet, pipe.unet.conv_in, lambda: run(pipe, gate_step=2, prompt=["a", "b"], num_images_per_prompt=2)
-    )
-    assert [call.batch for call in calls] == [8, 8, 4, 4, 4]  # 4 images: guided, then one sample per image
-    assert [call.projections for call in calls] == [projections_per_step(pipe.unet)] * 2 + [0] * 3
-    at_gate = calls[1].cross_attention
-    for gated in calls[2:]:
-        for cached, guided in zip(gated.cross_attention, at_gate):
-            assert torch.equal(cached, (guided[:4] + guided[4:]) / 2)
+
+    def four_images():
+        run(pipe, gate_step=2, prompt=["a", "b"], num_images_per_prompt=2)
+
+    calls = record_denoiser_calls(pipe.unet, pipe.unet.conv_in, four_images)
+    assert len(calls) == STEPS
+    assert_gated_run(calls, pipe.unet, gate=2, images=4, guided=True)
 
 
 def test_plain_call_after_a_tgate_call_equals_a_fresh_stock_pipeline(components):

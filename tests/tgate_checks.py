@@ -11,7 +11,7 @@ import torch
 from common.gate import cross_attention_modules
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def one_torch_thread():
     """Tiny models on a shared CPU: one thread avoids thread hand-offs that cost more than the maths."""
     threads = torch.get_num_threads()
@@ -60,8 +60,22 @@ def record_denoiser_calls(denoiser: torch.nn.Module, entry: torch.nn.Module, run
     return calls
 
 
-def projections_per_step(denoiser: torch.nn.Module) -> int:
-    return 4 * len(cross_attention_modules(denoiser))
+def assert_gated_run(calls: list[DenoiserCall], denoiser: torch.nn.Module, gate: int, images: int, guided: bool):
+    """What a TGATE run must have done, step by step.
+
+    Before the gate: the guidance batch (two samples per image when ``guided``) and every cross-attention
+    projection. From the gate on: one sample per image, no projection, and every cross-attention module
+    returns its cache: the mean of its two halves at step ``gate - 1`` (guided), else its output there.
+    """
+    gated_steps = len(calls) - gate
+    assert [call.batch for call in calls] == [images * (2 if guided else 1)] * gate + [images] * gated_steps
+    every_projection = 4 * len(cross_attention_modules(denoiser))
+    assert [call.projections for call in calls] == [every_projection] * gate + [0] * gated_steps
+    at_gate = calls[gate - 1].cross_attention
+    expected = [(output[:images] + output[images:]) / 2 for output in at_gate] if guided else at_gate
+    for call in calls[gate:]:
+        assert len(call.cross_attention) == len(expected)
+        assert all(torch.equal(cached, cache) for cached, cache in zip(call.cross_attention, expected))
 
 
 def pipeline_is_stock(pipe) -> bool:
