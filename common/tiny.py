@@ -115,10 +115,13 @@ def checkpoint_scheduler(key: str, scheduler_class: type):
     return scheduler_class.from_config(scheduler_class.load_config(CONFIG_ROOT / key / "scheduler"))
 
 
-def tiny_sdxl_components(seed: int = 0, time_cond_proj_dim: int | None = None, scheduler_class: type = DPMSolverMultistepScheduler) -> dict:
+def tiny_sdxl_components(
+    seed: int = 0, time_cond_proj_dim: int | None = None, scheduler_class: type = DPMSolverMultistepScheduler
+) -> dict:
     """Components of a StableDiffusionXLPipeline: two CLIP encoders (the second pooled), pooled-text and
-    size micro-conditioning (``text_time``), 16x16 latents (32x32 images), cross-attention at two levels
-    and in the mid block. ``time_cond_proj_dim`` adds LCM's guidance-scale embedding."""
+    size micro-conditioning (``text_time``), 16x16 latents (32x32 images), cross-attention in the second
+    level (as SDXL, not in the first) and in the mid block. ``time_cond_proj_dim`` adds LCM's
+    guidance-scale embedding. The scheduler is configured from SDXL base's scheduler config."""
     torch.manual_seed(seed)
     tokenizer, tokenizer_2 = tiny_clip_tokenizer(), tiny_clip_tokenizer()
     text_encoder = tiny_clip_text_encoder(tokenizer)
@@ -186,7 +189,9 @@ def tiny_t5_encoder(tokenizer: T5Tokenizer, hidden_size: int = TINY_CROSS_ATTENT
     return T5EncoderModel(config).eval()
 
 
-def tiny_pixart_components(seed: int = 0, scheduler_key: str = "pixart_alpha", scheduler_class: type = DPMSolverMultistepScheduler) -> dict:
+def tiny_pixart_components(
+    seed: int = 0, scheduler_key: str = "pixart_alpha", scheduler_class: type = DPMSolverMultistepScheduler
+) -> dict:
     """Components of a PixArtAlphaPipeline in the 1024-px family: a T5 encoder with attention masks, a
     transformer with learned sigma (8 output channels for 4 latent channels) and resolution/aspect-ratio
     conditioning (``sample_size`` 128). Patches of 16 keep it tiny: 128x128 latents are 64 tokens.

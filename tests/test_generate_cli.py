@@ -137,7 +137,8 @@ def test_folder_script_runs_tiny_end_to_end(monkeypatch, capsys, tmp_path, folde
 @pytest.mark.usefixtures("one_torch_thread")
 def test_sdxl_compare_writes_both_images(monkeypatch, tmp_path):
     out = tmp_path / "img.png"
-    assert run_folder_script(monkeypatch, "SDXL", ["--tiny", "--steps", "3", "--gate", "1", "--compare", "--out", str(out)]) == 0
+    argv = ["--tiny", "--steps", "3", "--gate", "1", "--compare", "--out", str(out)]
+    assert run_folder_script(monkeypatch, "SDXL", argv) == 0
     tgate, stock = np.asarray(Image.open(out)), np.asarray(Image.open(tmp_path / "img_stock.png"))
     assert Image.open(tmp_path / "img_compare.png").width >= 2 * tgate.shape[1]
     assert not np.array_equal(tgate, stock)

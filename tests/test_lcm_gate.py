@@ -26,14 +26,14 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 STEPS = 4  # the paper's LCM setting: 4 steps, gate 1
 PROMPT = "self-portrait oil painting, a beautiful cyborg"
 
-FAMILIES = {  # base -> stock pipeline class, TGATE pipeline class, tiny components, registry key
-    "sdxl": (StableDiffusionXLPipeline, TgateStableDiffusionXLPipeline, tiny_lcm_sdxl_components, "lcm_sdxl"),
-    "pixart": (PixArtAlphaPipeline, TgatePixArtAlphaPipeline, tiny_lcm_pixart_components, "lcm_pixart"),
+FAMILIES = {  # base -> stock pipeline class, TGATE pipeline class, tiny components
+    "sdxl": (StableDiffusionXLPipeline, TgateStableDiffusionXLPipeline, tiny_lcm_sdxl_components),
+    "pixart": (PixArtAlphaPipeline, TgatePixArtAlphaPipeline, tiny_lcm_pixart_components),
 }
 
 
 def pipelines(base):
-    stock_class, tgate_class, components, key = FAMILIES[base]
+    stock_class, tgate_class, components = FAMILIES[base]
     parts = components(seed=0)
     return quiet(stock_class(**parts)), quiet(tgate_class(**parts)), parts
 
