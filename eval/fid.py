@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the caption sample and of the per-image noise "
                         "(image i uses numpy SeedSequence([seed, i])); default 0")
-    parser.add_argument("--n", type=int, help=f"number of captions and images (default: {PAPER_N}; with --captions, "
+    parser.add_argument("--n", "--num-images", dest="n", type=int, help=f"number of captions and images (default: {PAPER_N}; with --captions, "
                         "the whole list, or its first N)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per pipeline call (default 8). The noise "
                         "of each image does not depend on it, but float rounding in the denoiser may: compare runs "
@@ -178,7 +178,8 @@ def check_run_settings(out: Path, settings: dict) -> None:
 def load_pipeline(spec: ModelSpec, args: argparse.Namespace, dtype: torch.dtype):
     """The TGATE pipeline of the registry (``gate_step=None`` in a call is the stock pipeline)."""
     if args.tiny:
-        return spec.tiny_pipeline().to(dtype=dtype)
+        pipe = spec.tiny_pipeline()  # built in float32
+        return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
     return spec.load(args.checkpoint, torch_dtype=dtype)
 
 
@@ -273,7 +274,8 @@ def labels_and_warnings(args: argparse.Namespace, extractor, n: int) -> tuple[li
     return [label for bad, label, _ in checks if bad], [warning for bad, _, warning in checks if bad]
 
 
-def compute_result(args, spec: ModelSpec, records, settings: dict, weights: Path, device: torch.device) -> dict:
+def compute_result(args, spec: ModelSpec, records, settings: dict, weights: Path, device: torch.device,
+                   num_processes: int) -> dict:
     """Process 0, after generation: statistics of both image sets, the distance, and the result record."""
     size = settings["resolution"]
     images = check_generated_images(args.out / "images", len(records), size)
@@ -297,6 +299,7 @@ def compute_result(args, spec: ModelSpec, records, settings: dict, weights: Path
                                   f"batch size {args.batch_size}: not the paper's single-image latency",
         "batch_size": args.batch_size,
         "device": device_name(device),
+        "num_processes": num_processes,
         "captions": str(args.out / "captions.json"),
         "captions_sha256": settings["captions_sha256"],
         "reference": {"source": source.name, "size": size, "statistics": str(stats_path)},
@@ -316,7 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from accelerate import PartialState
 
-    state = PartialState()
+    # without an accelerator, accelerate only forms a group of CPU processes (torchrun) when told cpu=True
+    state = PartialState(cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()))
     try:
         device, dtype = resolve_device_and_dtype(str(state.device), args.dtype)
     except ValueError as error:
@@ -372,7 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     start = time.perf_counter()
     try:
-        result = compute_result(args, spec, records, settings, weights, device)
+        result = compute_result(args, spec, records, settings, weights, device, state.num_processes)
     except (IncompleteImagesError, CaptionSourceError, FeatureWeightsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -386,4 +390,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished images are kept; rerun the same command to resume", file=sys.stderr)
+        sys.exit(130)
