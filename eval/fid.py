@@ -64,8 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Zero-shot FID on MS-COCO val2014 captions, as in the paper's table (10K images). "
         "Resumable: rerun the same command after a crash and only missing images are generated. "
-        "Multi-GPU / multi-node: `accelerate launch eval/fid.py ...` (each process generates its share; "
-        "--out must be on a filesystem every process sees; process 0 computes the FID).",
+        "Multi-GPU / multi-node: `accelerate launch eval/fid.py ...` or `torchrun --nproc_per_node N eval/fid.py "
+        "...` (each process generates its share of the same images; --out must be on a filesystem every process "
+        "sees; process 0 computes the FID).",
     )
     parser.add_argument("--model", choices=list(MODELS), default="sd15", help="model of the paper's table (default: sd15)")
     parser.add_argument("--gate", type=int, help="TGATE gate step (default: the paper's example setting for --model, "
@@ -77,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the caption sample and of the per-image noise "
                         "(image i uses numpy SeedSequence([seed, i])); default 0")
     parser.add_argument("--n", "--num-images", dest="n", type=int, help=f"number of captions and images (default: {PAPER_N}; with --captions, "
-                        "the whole list, or its first N)")
+                        "the whole list, or its first N). Under torchrun, write --num-images: torchrun reads --n "
+                        "as one of its own options")
     parser.add_argument("--batch-size", type=int, default=8, help="images per pipeline call (default 8). The noise "
                         "of each image does not depend on it, but float rounding in the denoiser may: compare runs "
                         "at the same batch size; the number of processes never changes the images")
@@ -119,7 +121,7 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, s
         args.gate = None if args.baseline else (spec.gate_step if args.gate is None else check_gate_step(args.gate))
         args.guidance = spec.guidance_scale if args.guidance is None else args.guidance
         for flag, value, low in [("--steps", args.steps, 1), ("--n", args.n, 2), ("--batch-size", args.batch_size, 1),
-                                 ("--feature-batch-size", args.feature_batch_size, 2), ("--workers", args.workers, 0),
+                                 ("--feature-batch-size", args.feature_batch_size, 1), ("--workers", args.workers, 0),
                                  ("--resolution", args.resolution, 8), ("--guidance", args.guidance, 0)]:
             if value is not None and value < low:
                 raise ValueError(f"{flag} must be >= {low}, got {value}")
@@ -148,16 +150,34 @@ def records_sha256(records: Sequence[CaptionRecord]) -> str:
     return hashlib.sha256(json.dumps([asdict(r) for r in records]).encode()).hexdigest()
 
 
-def prepare_run(args: argparse.Namespace, spec: ModelSpec) -> Path:
-    """Process 0, before any generation: check COCO and the Inception weights, write the caption list."""
-    source = CocoCaptions(args.coco_root)
-    weights = resolve_inception_weights(args.inception_weights)
+def caption_source(args: argparse.Namespace) -> CocoCaptions:
+    """Seam 1: where the captions and the reference images come from (MS-COCO val2014 here)."""
+    return CocoCaptions(args.coco_root)
+
+
+def feature_weights(args: argparse.Namespace) -> Path:
+    """Seam 2, first half: the feature extractor's weights, found (or fetched) before any generation."""
+    return resolve_inception_weights(args.inception_weights)
+
+
+def feature_extractor(args: argparse.Namespace, weights: Path, device: torch.device) -> InceptionFeatures:
+    """Seam 2: which features make the statistics (pytorch-fid's Inception here; its ``metric`` names the distance)."""
+    return InceptionFeatures(weights, dims=args.dims, device=device, batch_size=args.feature_batch_size)
+
+
+def prepare_run(args: argparse.Namespace) -> Path:
+    """Process 0, before any generation: check the dataset and the feature weights, write the caption list."""
+    source = caption_source(args)
+    weights = feature_weights(args)
     records = caption_list(args, source)
     source.check_images(records)
+    path = args.out / "captions.json"
+    if path.exists() and read_captions(path) != records:
+        raise RunMismatchError(f"{args.out} holds images of a run with another caption list ({path}). "
+                               "Use another --out, or delete that folder.")
     sampling = (f"sampled: seed {args.seed}, rule in eval/fid_data.py" if args.captions is None
                 else f"given: {args.captions}")
-    write_captions(args.out / "captions.json", records, source=f"{source.name} ({source.annotations_path.name})",
-                   sampling=sampling, seed=args.seed)
+    write_captions(path, records, source=source.name, sampling=sampling, seed=args.seed)
     return weights
 
 
@@ -266,8 +286,9 @@ def labels_and_warnings(args: argparse.Namespace, extractor, n: int) -> tuple[li
     """Short labels (shown in the results table) and full warnings for anything that is not a real 10K-FID."""
     checks = [
         (args.tiny, "tiny", TINY_WARNING),
-        (not extractor.official, "random Inception",
-         f"the Inception weights {extractor.weights} are not pytorch-fid's official file: not an FID"),
+        (not extractor.official, "unofficial Inception",
+         f"the Inception weights {extractor.weights} are not pytorch-fid's official file (sha256 "
+         f"{extractor.sha256[:12]}...): not an FID"),
         (args.dims != 2048, f"dims {args.dims}", f"Inception block of {args.dims} features, not pool3: not comparable"),
         (n != PAPER_N, f"n={n}", f"{n} images, not the paper's {PAPER_N}: FID depends on the number of images"),
     ]
@@ -279,8 +300,8 @@ def compute_result(args, spec: ModelSpec, records, settings: dict, weights: Path
     """Process 0, after generation: statistics of both image sets, the distance, and the result record."""
     size = settings["resolution"]
     images = check_generated_images(args.out / "images", len(records), size)
-    extractor = InceptionFeatures(weights, dims=args.dims, device=device, batch_size=args.feature_batch_size)
-    source = CocoCaptions(args.coco_root)
+    extractor = feature_extractor(args, weights, device)
+    source = caption_source(args)
     reference, stats_path = reference_statistics(source, records, size, extractor, args)
     generated = dataset_statistics(extractor, ImageDataset(images, generated_image), args, "generated")
     labels, warnings = labels_and_warnings(args, extractor, len(records))
@@ -311,6 +332,40 @@ def compute_result(args, spec: ModelSpec, records, settings: dict, weights: Path
     }
 
 
+def fail(error: Exception, code: int = 2) -> int:
+    print(f"error: {error}", file=sys.stderr)
+    return code
+
+
+def generate_share(args, spec: ModelSpec, state, device: torch.device, dtype: torch.dtype,
+                   records: list[CaptionRecord]) -> dict:
+    """Every process: load the pipeline, record (process 0) or check the run settings, generate this share.
+
+    Returns the run settings; raises ``CheckpointNotFoundError`` or ``RunMismatchError``.
+    """
+    pipe = load_pipeline(spec, args, dtype).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    resolution = args.resolution or (native_resolution(pipe) if args.tiny else spec.resolution)
+    settings = {"model": spec.key, "checkpoint": "tiny" if args.tiny else args.checkpoint or spec.checkpoint,
+                "gate": args.gate, "steps": args.steps, "guidance_scale": args.guidance, "resolution": resolution,
+                "seed": args.seed, "dtype": str(dtype).removeprefix("torch."), "captions_sha256": records_sha256(records)}
+    if state.is_main_process:
+        check_run_settings(args.out, settings)
+    state.wait_for_everyone()
+
+    print(f"{spec.title} | {settings['checkpoint']} | {'baseline' if args.gate is None else f'TGATE gate {args.gate}'}"
+          f" | {args.steps} steps, guidance {args.guidance}, {resolution}px | {len(records)} captions | "
+          f"process {state.process_index}/{state.num_processes} on {device}")
+    call = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, height=resolution, width=resolution,
+                gate_step=args.gate)
+    (args.out / "timing").mkdir(exist_ok=True)
+    report = generate_images(pipe, records, args.out / "images", seed=args.seed, batch_size=args.batch_size,
+                             call=call, rank=state.process_index, world=state.num_processes,
+                             timing_path=args.out / "timing" / f"{uuid.uuid4().hex}.json")
+    print(f"process {state.process_index}: {report.generated} images generated, {report.skipped} already done")
+    return settings
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -332,43 +387,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     weights = None
     if state.is_main_process:
         try:
-            weights = prepare_run(args, spec)
-        except (CaptionSourceError, FeatureWeightsError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
+            weights = prepare_run(args)
+        except (CaptionSourceError, FeatureWeightsError, RunMismatchError) as error:
+            return fail(error)
     state.wait_for_everyone()
 
     records = read_captions(args.out / "captions.json")
     try:
-        pipe = load_pipeline(spec, args, dtype).to(device)
-    except CheckpointNotFoundError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    pipe.set_progress_bar_config(disable=True)
-    resolution = args.resolution or (native_resolution(pipe) if args.tiny else spec.resolution)
-    settings = {"model": spec.key, "checkpoint": "tiny" if args.tiny else args.checkpoint or spec.checkpoint,
-                "gate": args.gate, "steps": args.steps, "guidance_scale": args.guidance, "resolution": resolution,
-                "seed": args.seed, "dtype": str(dtype).removeprefix("torch."), "captions_sha256": records_sha256(records)}
-    if state.is_main_process:
-        try:
-            check_run_settings(args.out, settings)
-        except RunMismatchError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-    state.wait_for_everyone()
-
-    print(f"{spec.title} | {settings['checkpoint']} | {'baseline' if args.gate is None else f'TGATE gate {args.gate}'}"
-          f" | {args.steps} steps, guidance {args.guidance}, {resolution}px | {len(records)} captions | "
-          f"process {state.process_index}/{state.num_processes} on {device}")
-    call = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, height=resolution, width=resolution,
-                gate_step=args.gate)
-    (args.out / "timing").mkdir(exist_ok=True)
-    report = generate_images(pipe, records, args.out / "images", seed=args.seed, batch_size=args.batch_size,
-                             call=call, rank=state.process_index, world=state.num_processes,
-                             timing_path=args.out / "timing" / f"{uuid.uuid4().hex}.json")
-    print(f"process {state.process_index}: {report.generated} images generated, {report.skipped} already done")
-    del pipe  # free the accelerator for the feature extractor
-    if device.type == "cuda":
+        settings = generate_share(args, spec, state, device, dtype, records)
+    except (CheckpointNotFoundError, RunMismatchError) as error:
+        return fail(error)
+    if device.type == "cuda":  # the pipeline is gone: give its memory to the feature extractor
         torch.cuda.empty_cache()
     state.wait_for_everyone()
     if not state.is_main_process:
@@ -378,8 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = compute_result(args, spec, records, settings, weights, device, state.num_processes)
     except (IncompleteImagesError, CaptionSourceError, FeatureWeightsError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        return fail(error, code=1)
     write_json_atomically(args.out / "result.json", result)
     print(f"{result['metric']} {result['fid']:.3f} ({spec.title}, "
           f"{'baseline' if args.gate is None else f'gate {args.gate}'}, {args.steps} steps, n={len(records)}; "

@@ -35,6 +35,15 @@ CAPTIONS = {  # image id -> its captions; image 7 has none and must never be sam
 }
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors run faster on one thread, and a shared CPU makes extra OpenMP threads spin and wait."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def coco_root(tmp_path_factory):
     """COCO's layout with nine small non-square JPEGs and their captions."""
@@ -219,7 +228,7 @@ def test_interrupted_run_resumes_without_regenerating_and_gives_the_same_fid(tmp
     assert {key: resumed_result[key] for key in ("metric", "model", "gate", "steps", "n", "tiny", "resolution")} == {
         "metric": "FID", "model": "sd15", "gate": 2, "steps": 3, "n": 5, "tiny": True, "resolution": 32}
     assert resumed_result["seconds_per_image"] > 0 and resumed_result["versions"]["pytorch-fid"] == "0.3.0"
-    assert resumed_result["labels"] == ["tiny", "random Inception", "dims 64", "n=5"]
+    assert resumed_result["labels"] == ["tiny", "unofficial Inception", "dims 64", "n=5"]
     captions = read_captions(tmp_path / "run" / "captions.json")
     assert captions == CocoCaptions(coco_root).sample(5, seed=0)
 
@@ -243,6 +252,10 @@ def test_rerun_with_other_settings_refuses_to_mix_images(tmp_path, tiny_pipe, co
     assert fid.main(argv) == 2  # --gate 1 and --batch-size 1 now
     err = capsys.readouterr().err
     assert "holds images of a run with other settings (gate: 2 there, 1 now)" in err
+    captions = (tmp_path / "run" / "captions.json").read_text()
+    assert fid.main([*fid_argv(coco_root, tmp_path / "run", tmp_path / "stats"), "--n", "4"]) == 2
+    assert "holds images of a run with another caption list" in capsys.readouterr().err
+    assert (tmp_path / "run" / "captions.json").read_text() == captions
 
 
 def test_frechet_distance_matches_the_closed_form_for_known_gaussians():

@@ -34,7 +34,7 @@ def results(tmp_path):
                         "resolution": 512, "fid": 20.5, "labels": []},
         "sd15_baseline_tiny": {"metric": "FID", "model": "sd15", "gate": None, "tgate": False, "steps": 3, "n": 5,
                                "resolution": 32, "fid": 123.456789, "tiny": True,
-                               "labels": ["tiny", "random Inception", "dims 64", "n=5"]},
+                               "labels": ["tiny", "unofficial Inception", "dims 64", "n=5"]},
         "sd15_baseline_toy": {"metric": "toy-FD", "model": "sd15", "gate": None, "steps": 25, "n": 10000,
                               "fid": 1.0, "labels": []},
     }
@@ -75,7 +75,7 @@ def test_table_puts_ours_beside_the_papers_between_the_markers(results, capsys):
 
     baseline = table_row(table, "SD-1.5")
     assert baseline[1:7] == ["16.931T", "16.938T", "859.521M", "859.520M", "1.234", "7.032"]
-    assert baseline[7].startswith("123.457 (tiny, random Inception, dims 64, n=5, 3 steps, 32px)")  # labelled
+    assert baseline[7].startswith("123.457 (tiny, unofficial Inception, dims 64, n=5, 3 steps, 32px)")  # labelled
     assert baseline[8] == "23.927"
     tgate = table_row(table, "SD-1.5 + TGATE")
     assert tgate[1:5] == ["9.873T (gate 5)<br>11.637T (gate 10)", "9.875T", "815.558M (gate 5)<br>815.558M (gate 10)",
