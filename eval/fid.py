@@ -41,7 +41,7 @@ from eval.fid_features import (  # noqa: E402
     FeatureWeightsError, InceptionFeatures, default_inception_weights_path, frechet_distance, load_statistics,
     resolve_inception_weights, save_statistics, statistics,
 )
-from eval.fid_generate import generate_images, image_path, missing_images, seconds_per_image  # noqa: E402
+from eval.fid_generate import generate_images, generation_totals, image_path, missing_images  # noqa: E402
 
 PAPER_N = 10_000
 TINY_WARNING = "[--tiny] tiny random components, not the real model: the images are noise and the FID means nothing."
@@ -305,6 +305,10 @@ def compute_result(args, spec: ModelSpec, records, settings: dict, weights: Path
     reference, stats_path = reference_statistics(source, records, size, extractor, args)
     generated = dataset_statistics(extractor, ImageDataset(images, generated_image), args, "generated")
     labels, warnings = labels_and_warnings(args, extractor, len(records))
+    totals = generation_totals(args.out / "timing")
+    if totals["flagged"]:
+        warnings.append(f"the pipeline's safety checker blacked out {totals['flagged']} images; they are in the FID, "
+                        "as the stock pipeline returns them")
     return {
         "metric": extractor.metric,
         "fid": frechet_distance(generated, reference),
@@ -315,10 +319,11 @@ def compute_result(args, spec: ModelSpec, records, settings: dict, weights: Path
         "tgate": args.gate is not None,
         **{key: settings[key] for key in ("gate", "steps", "guidance_scale", "resolution", "seed", "dtype")},
         "n": len(records),
-        "seconds_per_image": seconds_per_image(args.out / "timing"),
+        "seconds_per_image": totals["seconds_per_image"],
         "seconds_per_image_note": "generation wall time / images, summed over processes and resumed runs, at "
                                   f"batch size {args.batch_size}: not the paper's single-image latency",
         "batch_size": args.batch_size,
+        "safety_checker_flagged": totals["flagged"],
         "device": device_name(device),
         "num_processes": num_processes,
         "captions": str(args.out / "captions.json"),
@@ -358,7 +363,6 @@ def generate_share(args, spec: ModelSpec, state, device: torch.device, dtype: to
           f"process {state.process_index}/{state.num_processes} on {device}")
     call = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, height=resolution, width=resolution,
                 gate_step=args.gate)
-    (args.out / "timing").mkdir(exist_ok=True)
     report = generate_images(pipe, records, args.out / "images", seed=args.seed, batch_size=args.batch_size,
                              call=call, rank=state.process_index, world=state.num_processes,
                              timing_path=args.out / "timing" / f"{uuid.uuid4().hex}.json")

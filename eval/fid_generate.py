@@ -55,6 +55,7 @@ class GenerationReport:
     generated: int  # images made by this call
     skipped: int  # images of this process's share that were already on disk
     seconds: float  # wall time of the pipeline calls and PNG writes
+    flagged: int = 0  # images the pipeline's safety checker (if it has one) returned black
 
 
 def generate_images(
@@ -72,10 +73,12 @@ def generate_images(
 ) -> GenerationReport:
     """Generate the missing images of this process's share; ``call`` holds the pipeline's sampling arguments.
 
-    ``timing_path`` (optional) is rewritten after every batch with the images made and seconds spent, so
-    the time per image survives an interruption.
+    ``timing_path`` (optional) is rewritten after every batch with the images made, seconds spent and
+    safety-checker flags, so the time per image survives an interruption.
     """
     images_dir.mkdir(parents=True, exist_ok=True)
+    if timing_path is not None:
+        timing_path.parent.mkdir(parents=True, exist_ok=True)
     batches = shard_batches(len(records), batch_size, rank, world)
     share = sum(len(batch) for batch in batches)
     todo = [[i for i in batch if not image_path(images_dir, i).exists()] for batch in batches]
@@ -86,22 +89,25 @@ def generate_images(
         for batch in todo:
             start = time.perf_counter()
             generators = [torch.Generator("cpu").manual_seed(image_seed(seed, i)) for i in batch]
-            images = pipe(prompt=[records[i].caption for i in batch], generator=generators, **call).images
-            for i, image in zip(batch, images, strict=True):
+            output = pipe(prompt=[records[i].caption for i in batch], generator=generators, **call)
+            for i, image in zip(batch, output.images, strict=True):
                 save_atomically(image, image_path(images_dir, i))
             report.seconds += time.perf_counter() - start
             report.generated += len(batch)
+            report.flagged += sum(bool(flag) for flag in getattr(output, "nsfw_content_detected", None) or [])
             bar.update(len(batch))
             if timing_path is not None:
-                write_json_atomically(timing_path, {"images": report.generated, "seconds": report.seconds})
+                write_json_atomically(timing_path, {"images": report.generated, "seconds": report.seconds,
+                                                    "flagged": report.flagged})
     return report
 
 
-def seconds_per_image(timing_dir: Path) -> float | None:
-    """Generation seconds per image over every process and every (resumed) run that wrote to ``timing_dir``."""
+def generation_totals(timing_dir: Path) -> dict:
+    """Images, seconds and safety-checker flags summed over every process and (resumed) run of a folder."""
     records = [json.loads(path.read_text()) for path in sorted(timing_dir.glob("*.json"))]
-    images = sum(record["images"] for record in records)
-    return sum(record["seconds"] for record in records) / images if images else None
+    totals = {key: sum(record.get(key, 0) for record in records) for key in ("images", "seconds", "flagged")}
+    totals["seconds_per_image"] = totals["seconds"] / totals["images"] if totals["images"] else None
+    return totals
 
 
 def missing_images(images_dir: Path, n: int) -> list[int]:

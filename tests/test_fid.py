@@ -8,6 +8,7 @@ import subprocess
 import sys
 import urllib.error
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ import eval.fid as fid
 from common.models import get_model
 from eval.fid_data import CaptionRecord, CaptionSourceError, CocoCaptions, center_crop_resize, read_captions, write_captions
 from eval.fid_features import INCEPTION_FILE, INCEPTION_URL, frechet_distance, statistics
-from eval.fid_generate import generate_images, image_path, image_seed, shard_batches
+from eval.fid_generate import generate_images, generation_totals, image_path, image_seed, shard_batches
 
 ROOT = Path(__file__).resolve().parent.parent
 CAPTIONS = {  # image id -> its captions; image 7 has none and must never be sampled
@@ -193,6 +194,20 @@ def test_two_shards_make_exactly_the_images_of_one_process(tmp_path, tiny_pipe):
         assert np.array_equal(pixels(image_path(tmp_path / "one", index)), pixels(image_path(tmp_path / "two", index)))
     # same caption, different index: different noise, different image
     assert not np.array_equal(pixels(image_path(tmp_path / "one", 0)), pixels(image_path(tmp_path / "one", 3)))
+
+
+def test_safety_checker_flags_are_counted_across_batches(tmp_path):
+    class FlaggingPipeline:  # returns black images and flags every caption that mentions a knife
+        def __call__(self, prompt, generator, **call):
+            images = [Image.new("RGB", (8, 8)) for _ in prompt]
+            return SimpleNamespace(images=images, nsfw_content_detected=["knife" in caption for caption in prompt])
+
+    records = [CaptionRecord(i, i, "", caption) for i, caption in enumerate(["a knife", "a cat", "a knife", "a dog"])]
+    report = generate_images(FlaggingPipeline(), records, tmp_path / "images", seed=0, batch_size=3, call={},
+                             timing_path=tmp_path / "timing" / "run.json", progress=False)
+    assert (report.generated, report.flagged) == (4, 2)
+    totals = generation_totals(tmp_path / "timing")
+    assert (totals["images"], totals["flagged"]) == (4, 2) and totals["seconds_per_image"] > 0
 
 
 def test_interrupted_run_resumes_without_regenerating_and_gives_the_same_fid(tmp_path, tiny_pipe, coco_root, inception_cache,
