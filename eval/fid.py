@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "as one of its own options")
     parser.add_argument("--batch-size", type=int, default=8, help="images per pipeline call (default 8). The noise "
                         "of each image does not depend on it, but float rounding in the denoiser may: compare runs "
-                        "at the same batch size; the number of processes never changes the images")
+                        "at the same batch size (and device type, CPU thread count, software); the number of "
+                        "processes does not change the images")
     parser.add_argument("--resolution", type=int, help="image size, also the evaluation size of the reference "
                         "images (centre crop, bicubic resize); default: the model's (512 for sd15; the tiny "
                         "pipeline's own size with --tiny)")
