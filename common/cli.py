@@ -145,8 +145,9 @@ def generate_main(models: str | dict[str, str], argv: Sequence[str] | None = Non
             return 2
     pipe = pipe.to(device)
 
-    call = dict(prompt=args.prompt or spec.prompt, negative_prompt=args.negative_prompt,
-                num_inference_steps=steps, guidance_scale=guidance)
+    call = dict(prompt=args.prompt or spec.prompt, num_inference_steps=steps, guidance_scale=guidance)
+    if args.negative_prompt is not None:  # else the pipeline's own default: PixArt's is "", and None breaks it
+        call["negative_prompt"] = args.negative_prompt
     out = args.out or Path(f"{spec.key}_tgate.png")
     out.parent.mkdir(parents=True, exist_ok=True)
     print(f"{spec.title} | {'tiny random' if args.tiny else args.model or spec.checkpoint} | {steps} steps, "

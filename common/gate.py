@@ -17,6 +17,7 @@ wrap whatever ``forward`` and attention processor are installed (IP-Adapter, LoR
 from __future__ import annotations
 
 import contextlib
+import functools
 import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -169,6 +170,7 @@ def gated_sampling(
         for module in modules:
             hooked.append(_InstalledHook.register(module, CrossAttentionGateHook(state), _CROSS_ATTENTION_HOOK))
 
+        @functools.wraps(scheduler_step)  # keeps step's signature: pipelines read it to pass eta and generator
         def step_and_advance(*args, **kwargs):
             output = scheduler_step(*args, **kwargs)
             state.step += 1

@@ -85,7 +85,7 @@ class ModelSpec:
 
 
 def load_with_from_pretrained(spec: ModelSpec, source: str, torch_dtype: torch.dtype | None):
-    return spec.pipeline_class.from_pretrained(source, torch_dtype=torch_dtype)
+    return spec.pipeline_class.from_pretrained(source, dtype=torch_dtype)
 
 
 def missing_weights_message(spec: ModelSpec, source: str, error: Exception) -> str:

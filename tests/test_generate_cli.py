@@ -1,6 +1,8 @@
 """generate.py: smoke runs on tiny components, clear errors for bad input and missing weights."""
 
+import dataclasses
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +13,8 @@ import torch
 from PIL import Image
 
 from common.cli import generate_main, resolve_device_and_dtype
-from common.models import MODELS
+from common.models import MODELS, CheckpointNotFoundError
+from tests.tgate_checks import one_torch_thread  # noqa: F401  (a fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,3 +99,92 @@ def test_missing_hub_weights_offline_name_the_checkpoint(tmp_path):
     assert result.returncode == 2
     assert MODELS["sd21"].checkpoint in result.stderr and "huggingface-cli download" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# SDXL, PixArt-Alpha and the two LCMs: every folder's generate.py on the same shared CLI.
+
+FOLDER_SCRIPTS = [  # folder, arguments, what it runs, image size of the tiny components
+    ("SDXL", ["--steps", "3", "--gate", "2"], "SDXL | tiny random | 3 steps, gate 2, guidance 5.0", (32, 32)),
+    # PixArt bins sizes to 1024 px
+    ("PixArt_alpha", ["--steps", "3", "--gate", "2"], "PixArt-Alpha | tiny random | 3 steps, gate 2, guidance 4.5",
+     (1024, 1024)),
+    # the paper's LCM settings: 4 steps, gate 1; guidance is an embedding (SDXL) or off (PixArt)
+    ("LCM", ["--base", "sdxl"], "LCM (SDXL) | tiny random | 4 steps, gate 1, guidance 5.0, seed 0", (32, 32)),
+    ("LCM", ["--base", "pixart"], "LCM (PixArt-Alpha) | tiny random | 4 steps, gate 1, guidance 0.0, seed 0",
+     (1024, 1024)),
+]
+
+
+def run_folder_script(monkeypatch, folder, argv):
+    """Run ``<folder>/generate.py`` as `cd <folder> && python generate.py ...` does, in this process."""
+    monkeypatch.chdir(ROOT / folder)
+    monkeypatch.setattr(sys, "argv", ["generate.py", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path("generate.py", run_name="__main__")
+    return exit_info.value.code
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+@pytest.mark.parametrize("folder, argv, header, size", FOLDER_SCRIPTS, ids=["sdxl", "pixart", "lcm-sdxl", "lcm-pixart"])
+def test_folder_script_runs_tiny_end_to_end(monkeypatch, capsys, tmp_path, folder, argv, header, size):
+    out = tmp_path / "img.png"
+    assert run_folder_script(monkeypatch, folder, ["--tiny", *argv, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert header in printed and "the image is noise" in printed
+    assert Image.open(out).size == size
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_sdxl_compare_writes_both_images(monkeypatch, tmp_path):
+    out = tmp_path / "img.png"
+    argv = ["--tiny", "--steps", "3", "--gate", "1", "--compare", "--out", str(out)]
+    assert run_folder_script(monkeypatch, "SDXL", argv) == 0
+    tgate, stock = np.asarray(Image.open(out)), np.asarray(Image.open(tmp_path / "img_stock.png"))
+    assert Image.open(tmp_path / "img_compare.png").width >= 2 * tgate.shape[1]
+    assert not np.array_equal(tgate, stock)
+
+
+def test_unknown_lcm_base_exits_with_a_short_message(monkeypatch, capsys):
+    assert run_folder_script(monkeypatch, "LCM", ["--tiny", "--base", "sd15"]) == 2
+    assert "invalid choice: 'sd15'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("base", ["sdxl", "pixart"])
+def test_missing_lcm_weights_name_the_folder_and_how_to_provide_them(monkeypatch, capsys, tmp_path, base):
+    missing = tmp_path / "no-such-checkpoint"
+    assert run_folder_script(monkeypatch, "LCM", ["--base", base, "--model", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "--model PATH" in err and "--tiny" in err
+    assert "Traceback" not in err
+
+
+def saved_tiny_pipeline(key, folder):
+    pipe = MODELS[key].tiny_pipeline()
+    pipe.save_pretrained(folder)
+    return pipe
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_lcm_sdxl_loads_its_unet_into_sdxl_base(monkeypatch, tmp_path):
+    base = saved_tiny_pipeline("sdxl", tmp_path / "sdxl-base")
+    lcm = saved_tiny_pipeline("lcm_sdxl", tmp_path / "lcm-full")
+    monkeypatch.setitem(MODELS, "sdxl", dataclasses.replace(MODELS["sdxl"], checkpoint=str(tmp_path / "sdxl-base")))
+    lcm.unet.save_pretrained(tmp_path / "lcm-unet")
+
+    from_unet = MODELS["lcm_sdxl"].load(str(tmp_path / "lcm-unet"))
+    assert type(from_unet.scheduler).__name__ == "LCMScheduler"
+    assert from_unet.unet.config.time_cond_proj_dim == lcm.unet.config.time_cond_proj_dim
+    assert torch.equal(from_unet.unet.conv_in.weight, lcm.unet.conv_in.weight)
+    assert torch.equal(from_unet.text_encoder_2.text_projection.weight, base.text_encoder_2.text_projection.weight)
+    from_folder = MODELS["lcm_sdxl"].load(str(tmp_path / "lcm-full"))  # a whole pipeline folder works too
+    assert torch.equal(from_folder.unet.conv_in.weight, lcm.unet.conv_in.weight)
+
+
+def test_lcm_sdxl_without_sdxl_base_names_the_base(monkeypatch, tmp_path):
+    lcm = MODELS["lcm_sdxl"].tiny_pipeline()
+    lcm.unet.save_pretrained(tmp_path / "lcm-unet")
+    missing_base = str(tmp_path / "no-sdxl-base")
+    monkeypatch.setitem(MODELS, "sdxl", dataclasses.replace(MODELS["sdxl"], checkpoint=missing_base))
+    with pytest.raises(CheckpointNotFoundError, match="SDXL base") as error:
+        MODELS["lcm_sdxl"].load(str(tmp_path / "lcm-unet"))
+    assert missing_base in str(error.value)

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from diffusers import DDIMScheduler, StableDiffusionPipeline
+from diffusers import DDIMScheduler, EulerAncestralDiscreteScheduler, StableDiffusionPipeline
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -247,6 +247,19 @@ def test_other_scheduler(components):
     components["scheduler"] = DDIMScheduler.from_config(components["scheduler"].config)
     tgate = run(quiet(TgateStableDiffusionPipeline(**components)), gate_step=3)
     assert torch.equal(tgate, explicit_tgate_latents(components, 3))
+
+
+@pytest.mark.parametrize(
+    "scheduler_class, call", [(EulerAncestralDiscreteScheduler, {}), (DDIMScheduler, {"eta": 1.0})],
+    ids=["euler-ancestral", "ddim-eta-1"],
+)
+def test_stochastic_schedulers_still_draw_their_noise_from_the_users_generator(components, scheduler_class, call):
+    # Pipelines pass `generator` and `eta` to scheduler.step only if its signature names them.
+    components["scheduler"] = scheduler_class.from_config(components["scheduler"].config)
+    stock = run(quiet(StableDiffusionPipeline(**components)), **call)
+    pipe = quiet(TgateStableDiffusionPipeline(**components))
+    torch.manual_seed(123)  # the global generator must not be what the run draws from
+    assert torch.equal(stock, run(pipe, gate_step=STEPS, **call))
 
 
 def test_from_pipe_gates_an_existing_stock_pipeline(components):

@@ -1,0 +1,18 @@
+"""TGATE for SDXL (and LCM-SDXL): diffusers' StableDiffusionXLPipeline plus ``gate_step``."""
+
+from diffusers import StableDiffusionXLPipeline
+
+from common.pipeline import TgateMixin
+
+
+class TgateStableDiffusionXLPipeline(TgateMixin, StableDiffusionXLPipeline):
+    """``StableDiffusionXLPipeline`` whose ``__call__`` also takes ``gate_step`` (TGATE).
+
+    After the gate the single branch is the negative one everywhere it enters the UNet: prompt embeddings,
+    pooled ``text_embeds`` and ``time_ids`` (the shared guidance cut keeps the first half of every
+    batch-sized input, ``added_cond_kwargs`` included).
+
+    >>> pipe = TgateStableDiffusionXLPipeline.from_pretrained("stabilityai/stable-diffusion-xl-base-1.0")
+    >>> image = pipe("Astronaut in a jungle, cold color palette, muted colors, detailed, 8k",
+    ...              num_inference_steps=25, gate_step=10).images[0]
+    """

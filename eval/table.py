@@ -1,0 +1,240 @@
+"""The paper's results table with our measurements beside it: `python eval/table.py --help`.
+
+Reads the JSON of eval/macs.py, eval/latency.py and eval/fid.py, renders a Markdown table (ours next to
+the paper's, common/paper_results.json) and writes it into README.md between the results markers. A cell
+without a measurement shows '-' and a note saying why; measurements on tiny or random components, at
+other step counts or on fewer images carry a label in their cell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root, for `common`
+
+from common.models import MODELS, PAPER  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+DEFAULT_MACS = Path("results/macs.json")
+DEFAULT_LATENCY = Path("results/latency.json")
+DEFAULT_FID = "results/fid/*/result.json"
+PAPER_N = 10_000
+MISSING = "-"
+
+
+def format_count(value: float, units: Sequence[tuple[float, str]]) -> str:
+    """A raw count in the paper's style: 16938000000000 -> '16.938T' (three decimals, decimal units)."""
+    for scale, suffix in units:
+        if abs(value) >= scale:
+            return f"{value / scale:.3f}{suffix}"
+    return f"{value:.0f}"
+
+
+def format_macs(value: float) -> str:
+    return format_count(value, [(1e12, "T"), (1e9, "G"), (1e6, "M")])
+
+
+def format_params(value: float) -> str:
+    return format_count(value, [(1e9, "B"), (1e6, "M"), (1e3, "K")])
+
+
+class Notes:
+    """Footnotes of the table: each distinct reason gets a marker, [a], [b], ..."""
+
+    def __init__(self) -> None:
+        self.reasons: list[str] = []
+
+    def missing(self, reason: str) -> str:
+        if reason not in self.reasons:
+            self.reasons.append(reason)
+        return f"{MISSING} [{chr(ord('a') + self.reasons.index(reason))}]"
+
+    def render(self) -> list[str]:
+        return [f"[{chr(ord('a') + index)}] {reason}" for index, reason in enumerate(self.reasons)]
+
+
+def load_rows(path: Path, script: str) -> tuple[list[dict], str | None]:
+    """Rows of a results file (a list, a ``{"rows": [...]}`` object or one row), or why there are none."""
+    if not path.is_file():
+        return [], f"{path} not found: run `python eval/{script}`"
+    try:
+        document = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        return [], f"{path} is not valid JSON ({error})"
+    rows = document.get("rows", [document]) if isinstance(document, dict) else document
+    if not isinstance(rows, list) or not all(isinstance(row, dict) and "model" in row for row in rows):
+        return [], f"{path}: expected rows with a 'model' field"
+    return rows, None
+
+
+def load_fid_results(patterns: Sequence[str]) -> tuple[list[dict], str | None]:
+    paths = sorted({path for pattern in patterns for path in glob.glob(pattern)})
+    results, problems = [], []
+    for path in paths:
+        try:
+            result = json.loads(Path(path).read_text())
+        except json.JSONDecodeError:
+            problems.append(path)
+            continue
+        if isinstance(result, dict) and {"model", "fid", "gate"} <= result.keys():
+            if result.get("metric", "FID") == "FID":  # other distances (e.g. a toy benchmark's) are not FIDs
+                results.append(result)
+        else:
+            problems.append(path)
+    if problems:
+        print(f"warning: skipped {len(problems)} unreadable FID result(s), e.g. {problems[0]}", file=sys.stderr)
+    return results, None if results else f"no eval/fid.py result.json matches {' or '.join(patterns)}"
+
+
+def labels_of(row: dict, model: str) -> list[str]:
+    """Why a measurement is not the paper's setting: tiny/random components, other steps or size, fewer images."""
+    spec = MODELS[model]
+    labels = list(row.get("labels") or [])
+    if row.get("tiny") and "tiny" not in labels:
+        labels.insert(0, "tiny")
+    if row.get("random_weights") and "random weights" not in labels:
+        labels.append("random weights")
+    if row.get("steps") not in (None, spec.steps):
+        labels.append(f"{row['steps']} steps")
+    if row.get("resolution") not in (None, spec.resolution):
+        labels.append(f"{row['resolution']}px")
+    if row.get("n") not in (None, PAPER_N) and f"n={row['n']}" not in labels:
+        labels.append(f"n={row['n']}")
+    return labels
+
+
+def closest_to_paper(rows: list[dict], model: str) -> dict:
+    """The row with the fewest labels; the newest (``created``) among equals."""
+    newest_first = sorted(rows, key=lambda row: str(row.get("created", "")), reverse=True)
+    return min(newest_first, key=lambda row: len(labels_of(row, model)))
+
+
+def one_per_gate(rows: list[dict], model: str) -> list[dict]:
+    gates = sorted({row.get("gate") for row in rows}, key=lambda gate: (gate is None, gate or 0))
+    return [closest_to_paper([row for row in rows if row.get("gate") == gate], model) for gate in gates]
+
+
+def cell(values: list[tuple[str, list[str]]]) -> str:
+    return "<br>".join(text + (f" ({', '.join(labels)})" if labels else "") for text, labels in values)
+
+
+class OurColumns:
+    """Our value for each (model, baseline|TGATE, column), from the three results sources."""
+
+    def __init__(self, macs: tuple[list[dict], str | None], latency: tuple[list[dict], str | None],
+                 fid: tuple[list[dict], str | None], notes: Notes) -> None:
+        self.sources = {"macs": macs, "latency": latency, "fid": fid}
+        self.notes = notes
+
+    def rows_for(self, source: str, model: str, tgate: bool) -> tuple[list[dict], str | None]:
+        rows, reason = self.sources[source]
+        if reason:
+            return [], reason
+        rows = [row for row in rows if row.get("model") == model]
+        if source == "fid":  # one result per run: a baseline run has no gate
+            rows = [row for row in rows if (row.get("gate") is not None) == tgate]
+            return rows, None if rows else "no eval/fid.py result for this model and setting yet"
+        return rows, None if rows else f"no eval/{source}.py measurement of this model yet"
+
+    def value(self, source: str, model: str, tgate: bool, field: str, formatter) -> str:
+        """The baseline value, or the TGATE value of every gate measured; each with its labels."""
+        rows, reason = self.rows_for(source, model, tgate)
+        if reason:
+            return self.notes.missing(reason)
+        rows = [row for row in rows if row.get(field) is not None]
+        if not rows:
+            return self.notes.missing(f"no '{field}' in the {source} results of {model}")
+        values = []
+        for row in one_per_gate(rows, model) if tgate else [closest_to_paper(rows, model)]:
+            gate = [f"gate {row['gate']}"] if tgate else []
+            values.append((formatter(row[field]), gate + labels_of(row, model)))
+        return cell(values)
+
+
+def render_table(columns: OurColumns, notes: Notes) -> str:
+    header = ["Model", "MACs", "MACs (paper)", "Params", "Params (paper)", "Latency s", "Latency s (paper)",
+              "10K-FID", "10K-FID (paper)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for paper in PAPER["rows"]:
+        model, tgate = paper["model"], paper["tgate"]
+        suffix = "_tgate" if tgate else "_baseline"
+        ours = [
+            columns.value("macs", model, tgate, "macs" + suffix, format_macs),
+            columns.value("macs", model, tgate, "params" + suffix, format_params),
+            columns.value("latency", model, tgate, "tgate_s" if tgate else "baseline_s", lambda s: f"{s:.3f}"),
+            columns.value("fid", model, tgate, "fid", lambda value: f"{value:.3f}"),
+        ]
+        theirs = [paper["macs"], paper["params"], f"{paper['latency_s']:.3f}", f"{paper['fid10k']:.3f}"]
+        name = MODELS[model].title + (" + TGATE" if tgate else "")
+        lines.append("| " + " | ".join([name, *(value for pair in zip(ours, theirs) for value in pair)]) + " |")
+    return "\n".join(lines)
+
+
+def latency_devices(latency: tuple[list[dict], str | None]) -> str:
+    devices = sorted({str(row["device"]) for row in latency[0] if row.get("device")})
+    return ", ".join(devices) if devices else "not measured yet"
+
+
+def render(macs, latency, fid) -> str:
+    """The whole block that goes between the README markers."""
+    notes = Notes()
+    table = render_table(OurColumns(macs, latency, fid, notes), notes)
+    intro = (
+        "Ours beside the paper's (TGATE v1 release table). MACs and params of the denoiser over the whole "
+        "sampling run (calflops); latency in seconds per image (paper: GTX 1080 Ti; ours: "
+        f"{latency_devices(latency)}); zero-shot FID on MS-COCO val2014 (pytorch-fid). TGATE cells name their "
+        "gate step; labels in parentheses mark measurements that are not the paper's setting (tiny or random "
+        "components, other step counts, fewer images). Rendered by `python eval/table.py`."
+    )
+    return "\n".join([intro, "", table, "", *(f"{note}  " for note in notes.render())]).rstrip() + "\n"
+
+
+def write_between_markers(readme: Path, block: str) -> None:
+    """Replace what lies between the results markers of ``readme``; everything else is kept byte for byte."""
+    text = readme.read_text()
+    start, end = text.find(START), text.find(END)
+    if start < 0 or end < 0 or end < start:
+        raise ValueError(f"{readme} needs the lines {START} and {END} (in this order) where the table goes")
+    readme.write_text(text[: start + len(START)] + "\n" + block + text[end:])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Collect the results of eval/macs.py, eval/latency.py and "
+                                     "eval/fid.py into the paper-style table (ours beside the paper's) and write it "
+                                     f"into the README between {START} and {END}.")
+    parser.add_argument("--macs", type=Path, default=DEFAULT_MACS, help=f"eval/macs.py JSON (default: {DEFAULT_MACS})")
+    parser.add_argument("--latency", type=Path, default=DEFAULT_LATENCY,
+                        help=f"eval/latency.py JSON (default: {DEFAULT_LATENCY})")
+    parser.add_argument("--fid", action="append", help=f"glob of eval/fid.py result.json files; repeatable "
+                        f"(default: {DEFAULT_FID})")
+    parser.add_argument("--readme", type=Path, default=ROOT / "README.md", help="the README to update "
+                        "(default: the repository's)")
+    parser.add_argument("--print-only", action="store_true", help="print the table, leave the README alone")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    block = render(load_rows(args.macs, "macs.py"), load_rows(args.latency, "latency.py"),
+                   load_fid_results(args.fid or [DEFAULT_FID]))
+    print(block)
+    if args.print_only:
+        return 0
+    try:
+        write_between_markers(args.readme, block)
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"written into {args.readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""eval/macs.py: TGATE's MACs counted through the gate on tiny denoisers, the real architectures, the CLI."""
+
+import copy
+import json
+import re
+
+import pytest
+import torch
+from calflops import calculate_flops
+from diffusers import PixArtTransformer2DModel, UNet2DConditionModel
+
+from common.architectures import build_denoiser, denoiser_inputs
+from common.models import CONFIG_ROOT, MODELS
+from common.tiny import tiny_sd_components
+from eval import macs
+
+STEPS = 7
+
+
+def tiny_unet(**extra):
+    torch.manual_seed(0)
+    return UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=4, norm_num_groups=4, **extra,
+    ).eval()
+
+
+def tiny_sdxl_unet(**extra):
+    # text_embeds width = projection_class_embeddings_input_dim - 6 x addition_time_embed_dim = 24
+    return tiny_unet(addition_embed_type="text_time", addition_time_embed_dim=8,
+                     projection_class_embeddings_input_dim=72, **extra)
+
+
+def tiny_pixart():
+    torch.manual_seed(0)
+    return PixArtTransformer2DModel(
+        num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=8, num_layers=2,
+        cross_attention_dim=24, caption_channels=24, sample_size=8, patch_size=2, use_additional_conditions=True,
+    ).eval()
+
+
+# (denoiser, guided): SD, SDXL, LCM-SDXL (no guidance: batch 1 throughout), PixArt; 8x8 latents.
+TINY_CASES = {
+    "sd": (lambda: tiny_sd_components()["unet"], True),
+    "sdxl": (tiny_sdxl_unet, True),
+    "lcm-sdxl": (lambda: tiny_sdxl_unet(time_cond_proj_dim=8), False),
+    "pixart": (tiny_pixart, True),
+}
+RESOLUTION = 64
+
+
+class WithBoundInputs(torch.nn.Module):
+    def __init__(self, denoiser, bound):
+        super().__init__()
+        self.denoiser, self.bound = denoiser, bound
+
+    def forward(self, **tensors):
+        return self.denoiser(**tensors, **self.bound)
+
+
+def calflops_macs(denoiser, inputs):
+    tensors = {k: v for k, v in inputs.items() if torch.is_tensor(v)}
+    bound = {k: v for k, v in inputs.items() if not torch.is_tensor(v)}
+    _, count, _ = calculate_flops(WithBoundInputs(denoiser, bound), kwargs=tensors, print_results=False,
+                                  output_as_string=False)
+    return count
+
+
+class ReturnsZeros(torch.nn.Module):
+    """Stands in for a cross-attention module that is not computed: its output has the query's shape."""
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return torch.zeros_like(hidden_states)
+
+
+def attn2_modules(denoiser):
+    return {name: module for name, module in denoiser.named_modules() if name.endswith("attn2")}
+
+
+def without_attn2(denoiser):
+    stripped = copy.deepcopy(denoiser)
+    for name in attn2_modules(stripped):
+        parent, _, child = name.rpartition(".")
+        setattr(stripped.get_submodule(parent), child, ReturnsZeros())
+    return stripped
+
+
+def attn2_parameters(denoiser):
+    return sum(p.numel() for module in attn2_modules(denoiser).values() for p in module.parameters())
+
+
+def has_hooks(denoiser):
+    return any(hasattr(m, "_diffusers_hook") or "forward" in m.__dict__ for m in denoiser.modules())
+
+
+@pytest.mark.parametrize("case", TINY_CASES)
+def test_tgate_total_is_gate_guided_forwards_plus_gated_forwards(case):
+    make, guided = TINY_CASES[case]
+    denoiser = make().to("meta")  # shapes are all calflops needs; no CPU threads to wait for
+    # Independent: a stock forward (batch 2 under guidance), and batch 1 with cross-attention not computed.
+    guided_forward = calflops_macs(denoiser, denoiser_inputs(denoiser, 2 if guided else 1, RESOLUTION))
+    gated_forward = calflops_macs(without_attn2(denoiser), denoiser_inputs(denoiser, 1, RESOLUTION))
+    assert gated_forward < guided_forward
+
+    forward = macs.forward_macs(denoiser, RESOLUTION, guided)
+    assert not has_hooks(denoiser)  # the gate is removed after counting
+    for gate in (1, 3, STEPS - 1):
+        assert macs.run_macs(forward, STEPS, gate) == (
+            STEPS * guided_forward, gate * guided_forward + (STEPS - gate) * gated_forward
+        ), gate
+    for gate in (STEPS, STEPS + 5):  # no step is gated: the stock run
+        assert macs.run_macs(forward, STEPS, gate) == (STEPS * guided_forward,) * 2
+        assert macs.parameter_counts(denoiser, STEPS, gate) == (sum(p.numel() for p in denoiser.parameters()),) * 2
+
+
+def documented_parameter_counts():
+    """The parameter counts listed in common/model_configs/SOURCES.md, by model key."""
+    text = (CONFIG_ROOT / "SOURCES.md").read_text()
+    pixart = "PixArt-alpha / PixArt-LCM transformer"
+    labels = {"sd15": "SD-1.5 UNet", "sd21": "SD-2.1 UNet", "sdxl": "SDXL UNet", "lcm_sdxl": "LCM-SDXL UNet",
+              "pixart_alpha": pixart, "lcm_pixart": pixart}
+    return {key: int(re.search(rf"^\| {re.escape(label)} \| ([\d,]+)", text, re.M).group(1).replace(",", ""))
+            for key, label in labels.items()}
+
+
+@pytest.fixture(scope="module")
+def real_denoisers():
+    return {key: build_denoiser(spec) for key, spec in MODELS.items()}
+
+
+def test_real_architectures_build_on_meta_with_the_documented_parameter_counts(real_denoisers):
+    for key, count in documented_parameter_counts().items():
+        denoiser = real_denoisers[key]
+        assert next(denoiser.parameters()).device.type == "meta"
+        assert sum(p.numel() for p in denoiser.parameters()) == count, key
+
+
+def test_tgate_parameters_leave_out_exactly_the_attn2_modules(real_denoisers):
+    for key, denoiser in real_denoisers.items():
+        baseline, tgate = macs.parameter_counts(denoiser, MODELS[key].steps, MODELS[key].gate_step)
+        assert attn2_modules(denoiser) and baseline - tgate == attn2_parameters(denoiser), key
+
+
+def test_guidance_follows_the_pipelines_rule(real_denoisers):
+    guided = {key: macs.runs_guidance(MODELS[key], denoiser) for key, denoiser in real_denoisers.items()}
+    assert guided == {"sd15": True, "sd21": True, "sdxl": True, "pixart_alpha": True,
+                      "lcm_sdxl": False, "lcm_pixart": False}
+
+
+def test_sd15_reproduces_the_paper_at_gate_5_not_at_the_example_gate_10(tmp_path, capsys):
+    out = tmp_path / "sub" / "rows.json"
+    assert macs.main(["--model", "sd15", "--json", str(out), "--markdown"]) == 0
+    rows = json.loads(out.read_text())
+    assert [tuple(row) for row in rows] == [macs.ROW_KEYS] * 2
+    assert macs.ROW_KEYS == ("model", "steps", "gate", "macs_baseline", "macs_tgate", "params_baseline", "params_tgate")
+    assert all(isinstance(row[key], int) for row in rows for key in macs.ROW_KEYS[1:])
+    assert [(row["model"], row["steps"], row["gate"]) for row in rows] == [("sd15", 25, 10), ("sd15", 25, 5)]
+
+    paper = macs.paper_counts(MODELS["sd15"])
+    assert paper["macs_tgate"] == 9.875e12 and paper["params_baseline"] == 859.520e6
+    example, matching = rows
+    assert abs(macs.deviation(example["macs_tgate"], paper["macs_tgate"])) > 0.1
+    for metric in macs.METRICS:
+        assert abs(macs.deviation(matching[metric], paper[metric])) <= macs.TOLERANCE, metric
+    assert example["macs_baseline"] == matching["macs_baseline"]
+    assert example["params_baseline"] == documented_parameter_counts()["sd15"]
+    assert example["params_tgate"] == matching["params_tgate"] < example["params_baseline"]
+
+    printed = capsys.readouterr().out
+    assert printed.startswith("| model | steps | gate |")
+    assert "gate 5: 5 guided steps (the last caching) + 20 gated steps; all four within 0.1% of the paper" in printed
+    assert "(paper 9.875T, " in printed
+
+
+def test_a_config_folder_builds_another_checkpoint_of_the_family():
+    # LCM-SDXL's UNet folder holds config.json at its root, like the latent-consistency/lcm-sdxl repository.
+    denoiser = build_denoiser(MODELS["sdxl"], source=str(CONFIG_ROOT / "lcm_sdxl" / "unet"))
+    assert sum(p.numel() for p in denoiser.parameters()) == documented_parameter_counts()["lcm_sdxl"]
+    # A pipeline folder: the config in its unet/ subfolder.
+    denoiser = build_denoiser(MODELS["sd15"], source=str(CONFIG_ROOT / "sd21"))
+    assert denoiser.config.cross_attention_dim == 1024
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--model", "sd3"], "unknown model 'sd3'"),
+        (["--model", ""], "unknown model ''"),
+        (["--gate", "0"], "--gate must be >= 1"),
+        (["--gate", "-2"], "--gate must be >= 1"),
+        (["--gate", "2.5"], "invalid int value: '2.5'"),
+        (["--steps", "0"], "--steps must be >= 1"),
+        (["--resolution", "-8"], "--resolution must be a positive number"),
+        (["--config", "some/folder"], "--config needs --model"),
+    ],
+)
+def test_bad_arguments_exit_with_a_short_message(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        macs.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--model", "sd15", "--resolution", "100"], "resolution must be a positive multiple of 8"),
+        (["--model", "sd15", "--config", "/nonexistent/folder"], "no unet config in '/nonexistent/folder'"),
+    ],
+)
+def test_inputs_the_architecture_cannot_take_return_2_with_a_message(capsys, monkeypatch, argv, message):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert macs.main(argv) == 2
+    assert message in capsys.readouterr().err

@@ -1,0 +1,120 @@
+"""eval/table.py: the paper-style table from results files, written into a README between markers."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from eval.table import END, START, format_macs, format_params, main
+
+ROOT = Path(__file__).resolve().parent.parent
+README = f"# Project\n\nSome text.\n\n{START}\nan old table\n{END}\n\n## After\n\nmore text\n"
+
+
+@pytest.fixture
+def results(tmp_path):
+    macs = [  # eval/macs.py: raw counts, one row per gate
+        {"model": "sd15", "steps": 25, "gate": 5, "macs_baseline": 16_930_550_000_000, "macs_tgate": 9_873_000_000_000,
+         "params_baseline": 859_520_964, "params_tgate": 815_557_796},
+        {"model": "sd15", "steps": 25, "gate": 10, "macs_baseline": 16_930_550_000_000,
+         "macs_tgate": 11_637_000_000_000, "params_baseline": 859_520_964, "params_tgate": 815_557_796},
+    ]
+    latency = [
+        {"model": "sd15", "device": "NVIDIA H100 80GB HBM3", "steps": 25, "gate": 10, "resolution": 512,
+         "baseline_s": 1.2345, "tgate_s": 0.8, "speedup": 1.54},
+        {"model": "sd21", "device": "cpu", "steps": 4, "gate": 2, "resolution": 32, "baseline_s": 0.5,
+         "tgate_s": 0.4, "speedup": 1.25, "tiny": True},
+    ]
+    (tmp_path / "macs.json").write_text(json.dumps(macs))
+    (tmp_path / "latency.json").write_text(json.dumps(latency))
+    runs = {
+        "sd15_gate10": {"metric": "FID", "model": "sd15", "gate": 10, "tgate": True, "steps": 25, "n": 10000,
+                        "resolution": 512, "fid": 20.5, "labels": []},
+        "sd15_baseline_tiny": {"metric": "FID", "model": "sd15", "gate": None, "tgate": False, "steps": 3, "n": 5,
+                               "resolution": 32, "fid": 123.456789, "tiny": True,
+                               "labels": ["tiny", "unofficial Inception", "dims 64", "n=5"]},
+        "sd15_baseline_toy": {"metric": "toy-FD", "model": "sd15", "gate": None, "steps": 25, "n": 10000,
+                              "fid": 1.0, "labels": []},
+    }
+    for name, result in runs.items():
+        (tmp_path / "fid" / name).mkdir(parents=True)
+        (tmp_path / "fid" / name / "result.json").write_text(json.dumps(result))
+    (tmp_path / "README.md").write_text(README)
+    return tmp_path
+
+
+def argv(folder, fid_glob=None):
+    return ["--macs", str(folder / "macs.json"), "--latency", str(folder / "latency.json"),
+            "--fid", fid_glob or str(folder / "fid" / "*" / "result.json"), "--readme", str(folder / "README.md")]
+
+
+def table_row(text, name):
+    line = next(line for line in text.splitlines() if line.startswith(f"| {name} |"))
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def note(text, cell):
+    marker = cell.split()[-1]
+    return next(line for line in text.splitlines() if line.startswith(marker))
+
+
+def test_counts_are_formatted_like_the_paper():
+    assert format_macs(16_938_000_000_000) == "16.938T" and format_macs(338_611_000_000) == "338.611G"
+    assert format_params(2_570_000_000) == "2.570B" and format_params(859_520_000) == "859.520M"
+
+
+def test_table_puts_ours_beside_the_papers_between_the_markers(results, capsys):
+    assert main(argv(results)) == 0
+    text = (results / "README.md").read_text()
+    before, rest = text.split(START)
+    table, after = rest.split(END)
+    assert before == README.split(START)[0] and after == README.split(END)[1]  # the rest is untouched
+    assert "an old table" not in table
+
+    baseline = table_row(table, "SD-1.5")
+    assert baseline[1:7] == ["16.931T", "16.938T", "859.521M", "859.520M", "1.234", "7.032"]
+    assert baseline[7].startswith("123.457 (tiny, unofficial Inception, dims 64, n=5, 3 steps, 32px)")  # labelled
+    assert baseline[8] == "23.927"
+    tgate = table_row(table, "SD-1.5 + TGATE")
+    assert tgate[1:5] == ["9.873T (gate 5)<br>11.637T (gate 10)", "9.875T", "815.558M (gate 5)<br>815.558M (gate 10)",
+                          "815.557M"]
+    assert tgate[5:9] == ["0.800 (gate 10)", "4.313", "20.500 (gate 10)", "20.789"]
+    assert table_row(table, "SD-2.1")[5] == "0.500 (tiny, 4 steps, 32px)"
+    assert "NVIDIA H100 80GB HBM3" in table
+
+    sdxl = table_row(table, "SDXL + TGATE")
+    assert sdxl[2] == "84.438T" and sdxl[1].startswith("-")  # the paper's number, no invented one of ours
+    assert "no eval/macs.py measurement of this model yet" in note(table, sdxl[1])
+    assert "no eval/fid.py result for this model and setting yet" in note(table, table_row(table, "SD-2.1 + TGATE")[7])
+    assert table_row(table, "SD-2.1")[7] == table_row(table, "SD-2.1 + TGATE")[7]  # one note per reason
+
+    assert main(argv(results)) == 0  # rendering again changes nothing
+    assert (results / "README.md").read_text() == text
+    assert "written into" in capsys.readouterr().out
+
+
+def test_missing_sources_show_a_dash_and_the_reason(results, tmp_path):
+    (results / "macs.json").unlink()
+    assert main(argv(results, fid_glob=str(tmp_path / "nothing" / "*.json"))) == 0
+    table = (results / "README.md").read_text()
+    row = table_row(table, "SD-1.5 + TGATE")
+    assert row[1].startswith("-") and row[3].startswith("-") and row[7].startswith("-")
+    assert "macs.json not found: run `python eval/macs.py`" in note(table, row[1])
+    assert "no eval/fid.py result.json matches" in note(table, row[7])
+    assert row[2] == "9.875T" and row[8] == "20.789"
+
+
+def test_a_readme_without_markers_is_a_clear_error(results, capsys):
+    (results / "README.md").write_text("# no markers\n")
+    assert main(argv(results)) == 2
+    assert START in capsys.readouterr().err
+    assert (results / "README.md").read_text() == "# no markers\n"
+
+
+def test_script_prints_from_the_repository_root(tmp_path):
+    result = subprocess.run([sys.executable, "eval/table.py", "--print-only", "--macs", str(tmp_path / "none.json")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "| SD-1.5 + TGATE |" in result.stdout and "none.json not found" in result.stdout
