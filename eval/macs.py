@@ -35,7 +35,7 @@ from tqdm import tqdm  # noqa: E402
 
 from common.architectures import ConfigNotFoundError, build_denoiser, denoiser_inputs  # noqa: E402
 from common.gate import check_gate_step, cross_attention_modules, gated_sampling  # noqa: E402
-from common.models import MODELS, ModelSpec, get_model  # noqa: E402
+from common.models import MODELS, PAPER_MODELS, ModelSpec, get_model  # noqa: E402
 from common.pipeline import TgateMixin  # noqa: E402
 
 ROW_KEYS = ("model", "steps", "gate", "macs_baseline", "macs_tgate", "params_baseline", "params_tgate")
@@ -247,7 +247,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[Mod
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        specs = list(MODELS.values()) if args.model == "all" else [get_model(args.model)]
+        specs = list(PAPER_MODELS.values()) if args.model == "all" else [get_model(args.model)]
         if args.gate is not None and args.gate < 1:
             raise ValueError(f"--gate must be >= 1 (the steps run stock before the gate), got {args.gate}")
         if args.steps is not None and args.steps < 1:
@@ -269,7 +269,7 @@ def model_results(spec: ModelSpec, args: argparse.Namespace) -> list[Result]:
     denoiser = build_denoiser(spec, args.config)
     forward = forward_macs(denoiser, resolution, runs_guidance(spec, denoiser))
     comparable = args.config is None and steps == spec.steps and resolution == spec.resolution
-    paper = paper_counts(spec) if comparable else None
+    paper = paper_counts(spec) if comparable and spec.paper_row(tgate=False) else None  # the toy has no paper row
     defaults = all(value is None for value in (args.gate, args.steps, args.resolution, args.config))
     setting = "example scripts' setting" if defaults else "requested setting"
     params = parameter_counts(denoiser, steps, gate)

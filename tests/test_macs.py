@@ -10,7 +10,7 @@ from calflops import calculate_flops
 from diffusers import PixArtTransformer2DModel, UNet2DConditionModel
 
 from common.architectures import build_denoiser, denoiser_inputs
-from common.models import CONFIG_ROOT, MODELS
+from common.models import CONFIG_ROOT, MODELS, PAPER_MODELS
 from common.tiny import tiny_sd_components
 from eval import macs
 
@@ -126,7 +126,7 @@ def documented_parameter_counts():
 
 @pytest.fixture(scope="module")
 def real_denoisers():
-    return {key: build_denoiser(spec) for key, spec in MODELS.items()}
+    return {key: build_denoiser(spec) for key, spec in PAPER_MODELS.items()}
 
 
 def test_real_architectures_build_on_meta_with_the_documented_parameter_counts(real_denoisers):
