@@ -14,9 +14,9 @@ flags; ``--tiny`` for an offline smoke run on tiny random components). It writes
 4. ``run.json``: the settings, whether the weights were random, and the numbers of the plots.
 
 "Null text" is the pipeline's own unconditional input: under classifier-free guidance both branches get the
-unconditional (negative, empty-prompt) text, so the prediction is the unconditional one; this is the
-denoiser input TGATE itself keeps after its gate, and it needs no family-specific encoding (SDXL's zeroed
-negative embedding included). Pipelines without a guidance branch (LCM) get the empty prompt's text instead.
+unconditional (negative) text, which is the empty prompt's (SDXL: zeros), so the prediction is the
+unconditional one; this is the denoiser input TGATE itself keeps after its gate, and it needs no
+family-specific encoding. Pipelines without a guidance branch (LCM) get the empty prompt's text instead.
 Text is switched at the denoiser's inputs and x0 is read at ``scheduler.step``: no pipeline code is copied,
 so every family (SD, SDXL, PixArt, LCM) and any registry model with a TGATE pipeline works.
 """
@@ -44,6 +44,7 @@ from common.models import MODELS, CheckpointNotFoundError, ModelSpec, get_model 
 from eval import macs  # noqa: E402
 from eval.observation_plots import convergence_figure, gate_sweep_figure, observation_figure  # noqa: E402
 from eval.observation_probes import (  # noqa: E402
+    ChangeRecord,
     StepRecord,
     constant_text,
     empty_prompt_text,
@@ -88,9 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Reproduce TGATE's observation (cross-attention converges in the first denoising steps): "
         "the text-switching figure, the cross-attention convergence plot and CSV, and a gate sweep with MACs "
         "and times. Defaults are each model's paper settings.",
+        epilog="Writes into --out: observation.png, convergence.csv, convergence.png, gate_sweep.csv, gate_sweep.png "
+        "and run.json. Null text: under classifier-free guidance both branches get the pipeline's unconditional "
+        "text (the empty prompt's; zeros for SDXL), so a step predicts the unconditional noise; without a guidance "
+        "branch (LCM) the denoiser gets the empty prompt's text. Random weights (--tiny) are labelled in every output.",
     )
     parser.add_argument("--model", default="sd21", choices=list(MODELS), metavar="NAME",
-                        help=f"registry model: {', '.join(MODELS)} (default: sd21, the paper's observation model)")
+                        help=f"registry model: {', '.join(MODELS)} (default: sd21)")
     parser.add_argument("--weights", metavar="HUB_ID_OR_FOLDER",
                         help="where to load the weights from (default: the model's checkpoint)")
     parser.add_argument("--tiny", action="store_true", help="tiny random components built offline, for smoke "
@@ -111,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gates", type=step_list, metavar="LIST", help="gate steps of the sweep, e.g. 1,3,5,10 "
                         f"(default: those of {','.join(map(str, DEFAULT_GATES))} below --steps, plus --steps, "
                         "which is the stock pipeline)")
-    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), metavar="PART",
                         help="what to make: figure (observation.png), convergence (convergence.csv/.png), sweep "
                         "(gate_sweep.csv/.png) (default: all three)")
     parser.add_argument("--resolution", type=int, metavar="PIXELS",
@@ -246,13 +251,15 @@ def step_range(first: int, last: int) -> str:
 
 def text_schedules(split: int, steps: int) -> list[TextSchedule]:
     """The three rows of the figure: text in every step, only in steps 1..split, only in steps split+1..end."""
-    early = min(split, steps)
-    late = (f"text only in {step_range(split + 1, steps)}\n(null text before)" if split < steps
-            else "no text in any step\n(--split >= --steps)")
+    if split < steps:
+        early = f"text only in {step_range(1, split)}\n(null text after)"
+        late = f"text only in {step_range(split + 1, steps)}\n(null text before)"
+    else:  # the early row has text everywhere, the late row nowhere
+        early = f"text only in steps 1-{split}:\nevery step (--split >= --steps)"
+        late = "no text in any step\n(--split >= --steps)"
     return [
         TextSchedule("text in every step", lambda index: True, switches=False),
-        TextSchedule(f"text only in {step_range(1, early)}\n(null text after)", lambda index: index < split,
-                     switches=split < steps),
+        TextSchedule(early, lambda index: index < split, switches=split < steps),
         TextSchedule(late, lambda index: index >= split, switches=True),
     ]
 
@@ -269,7 +276,7 @@ class ObservedRun:
     image: Image.Image  # the pipeline's output
     previews: dict[int, Image.Image]  # 1-based step -> decoded x0 predicted at that step
     timesteps: list[float]
-    changes: list  # observation_probes.ChangeRecord, when recorded
+    changes: list[ChangeRecord]  # when recorded
 
 
 def observe(pipe, settings: Settings, schedule: TextSchedule, null_text=None, previews: Sequence[int] = (),
@@ -322,8 +329,13 @@ def gate_sweep(pipe, settings: Settings, progress: tqdm | None = None) -> list[S
         raise ValueError(f"MACs are counted for square images; the latents are {height}x{width}")
     guided = pipe.uses_guidance(settings.guidance)
     forward = macs.forward_macs(meta_copy(pipe.denoiser), height * VAE_SCALE_FACTOR, guided)
+
+    def advance(record: StepRecord) -> None:
+        if progress is not None:
+            progress.update()
+
     points = []
-    with watch_scheduler_steps(pipe.scheduler, lambda _: progress is not None and progress.update()):
+    with watch_scheduler_steps(pipe.scheduler, advance):
         for gate in settings.gates:
             image, seconds = timed_generation(pipe, settings.device, settings.seed, gate_step=gate, **settings.call())
             stock_macs, gate_macs = macs.run_macs(forward, settings.steps, gate)
@@ -377,7 +389,7 @@ def print_convergence(rows: list[dict[str, Any]], steps: Sequence[int]) -> None:
     print("relative change of cross-attention outputs from the step before, mean per level:")
     print(f"  {'level':<14}" + "".join(f"{'step ' + str(step):>10}" for step in shown))
     for level in levels:
-        print(f"  {level:<14}" + "".join(f"{value[(level, step)]:>10.4f}" for step in shown))
+        print(f"  {level:<14}" + "".join(f"{value.get((level, step), float('nan')):>10.4f}" for step in shown))
 
 
 def load_pipeline(settings: Settings):
@@ -413,7 +425,7 @@ def observation_runs(pipe, settings: Settings) -> list[tuple[TextSchedule, Obser
 
 
 def null_text_meaning(guided: bool) -> str:
-    return ("the unconditional (empty-prompt) branch in both guidance branches" if guided
+    return ("the unconditional (negative, empty-prompt) text in both guidance branches" if guided
             else "the empty prompt's text (no guidance branch)")
 
 
@@ -446,7 +458,8 @@ def write_gate_sweep(pipe, settings: Settings) -> dict:
     write_csv(settings.out / "gate_sweep.csv",
               [{"weights": settings.weights, **row, "device": str(settings.device)} for row in numbers])
     panels = [(gate_caption(point, settings.steps), point.image) for point in points]
-    title = headline(settings) + f"\nTGATE gate sweep: denoiser MACs (eval/macs.py) and wall time on {settings.device}"
+    title = (headline(settings) + "\nTGATE gate sweep: denoiser MACs (eval/macs.py), wall time of the whole "
+             f"pipeline call on {settings.device}")
     gate_sweep_figure(panels, title, warning(settings)).savefig(settings.out / "gate_sweep.png", dpi=100)
     for point in points:
         print("  " + gate_caption(point, settings.steps).replace("\n", " | "))

@@ -138,6 +138,17 @@ def test_null_text_under_guidance_is_the_unconditional_prediction():
     assert np.abs(pixels(run.image) - pixels(stock_image(pipe, run_settings))).max() > 10
 
 
+def test_null_text_of_sdxl_is_its_zeroed_negative_conditioning():
+    # SDXL zeroes the negative embeddings of an empty negative prompt (force_zeros_for_empty_prompt)
+    run_settings = settings("sdxl", "--split", str(STEPS), "--out", "unused")
+    pipe = tiny_pipe("sdxl")
+    no_text = observation.text_schedules(STEPS, STEPS)[2]
+    run = observation.observe(pipe, run_settings, no_text, observation.null_text_for(pipe, run_settings))
+    zeros = dict(prompt=None, prompt_embeds=torch.zeros(1, 77, 64), pooled_prompt_embeds=torch.zeros(1, 32))
+    unconditional = stock_image(pipe, run_settings, guidance_scale=1.0, **zeros)
+    assert np.abs(pixels(run.image) - pixels(unconditional)).max() <= 1
+
+
 def test_null_text_without_guidance_is_the_empty_prompt():
     run_settings = settings("lcm_sdxl", "--split", str(STEPS), "--out", "unused")
     pipe = tiny_pipe("lcm_sdxl")
