@@ -58,10 +58,18 @@ def read_csv(path):
 
 def test_tiny_run_writes_every_output_with_its_shape(tmp_path, capsys, monkeypatch):
     figures = {}
-    for name in ("observation_figure", "gate_sweep_figure"):  # keep the figures main saves, to read their grids
+
+    def keep_figure(name):  # keep the figures main saves, to read their grids
         draw = getattr(observation, name)
-        monkeypatch.setattr(observation, name, lambda *a, _draw=draw, _name=name, **k: figures.setdefault(
-            _name, _draw(*a, **k)))
+
+        def drawn(*args, **kwargs):
+            figures[name] = draw(*args, **kwargs)
+            return figures[name]
+
+        monkeypatch.setattr(observation, name, drawn)
+
+    keep_figure("observation_figure")
+    keep_figure("gate_sweep_figure")
     argv = ["--split", "2", "--show-steps", "1,3,5", "--gates", "1,2,5", "--out", str(tmp_path)]
     assert observation.main(["--tiny", "--model", "sd15", "--steps", str(STEPS), *argv]) == 0
     printed = capsys.readouterr().out
