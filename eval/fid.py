@@ -42,8 +42,10 @@ from eval.fid_features import (  # noqa: E402
     resolve_inception_weights, save_statistics, statistics,
 )
 from eval.fid_generate import generate_images, generation_totals, image_path, missing_images  # noqa: E402
+from eval.fid_toy import DigitFeatures, ToyDigitCaptions, classifier_weights  # noqa: E402
 
 PAPER_N = 10_000
+TOY_MODEL = "toy"  # its benchmark: scikit-learn's digits and toy-FD (eval/fid_toy.py), not COCO and FID
 TINY_WARNING = "[--tiny] tiny random components, not the real model: the images are noise and the FID means nothing."
 VERSIONED = ["torch", "diffusers", "transformers", "accelerate", "pytorch-fid", "pycocotools", "numpy", "scipy", "pillow"]
 
@@ -89,8 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "pipeline's own size with --tiny)")
     parser.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
                         help="weights dtype; auto (default) = float16 on CUDA, float32 on CPU")
-    parser.add_argument("--coco-root", type=Path, required=True, help="COCO in its standard layout: "
-                        "DIR/annotations/captions_val2014.json and DIR/val2014/*.jpg")
+    parser.add_argument("--coco-root", type=Path, help="COCO in its standard layout: "
+                        "DIR/annotations/captions_val2014.json and DIR/val2014/*.jpg (required, except for "
+                        f"--model {TOY_MODEL}, whose captions and references are scikit-learn's 1,797 real digits "
+                        "and whose distance is toy-FD on the digit classifier's features, with its accuracy)")
     parser.add_argument("--captions", type=Path, help="use this caption list instead of sampling one: the "
                         "captions.json an earlier run wrote, or a JSON list of {image_id, caption} objects")
     parser.add_argument("--out", type=Path, help="output folder: captions.json, images/, result.json "
@@ -118,6 +122,11 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, s
             raise ValueError("--baseline runs the stock pipeline: drop --gate or --baseline")
         if args.tiny and args.checkpoint:
             raise ValueError("--tiny builds random components and ignores weights: drop --checkpoint or --tiny")
+        if spec.key == TOY_MODEL and (args.coco_root or args.inception_weights):
+            raise ValueError(f"--model {TOY_MODEL} is scored on scikit-learn's digits with the toy digit classifier: "
+                             "drop --coco-root and --inception-weights")
+        if spec.key != TOY_MODEL and args.coco_root is None:
+            raise ValueError("--coco-root DIR is required: COCO's annotations/captions_val2014.json and val2014/")
         args.steps = spec.steps if args.steps is None else args.steps
         args.gate = None if args.baseline else (spec.gate_step if args.gate is None else check_gate_step(args.gate))
         args.guidance = spec.guidance_scale if args.guidance is None else args.guidance
@@ -138,7 +147,7 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, s
 def caption_list(args: argparse.Namespace, source: CocoCaptions) -> list[CaptionRecord]:
     """The captions of this run: the given list (or its first --n), else a sample of --n (default 10K)."""
     if args.captions is None:
-        return source.sample(args.n or PAPER_N, args.seed)
+        return source.sample(args.n or (len(source.labels) if args.model == TOY_MODEL else PAPER_N), args.seed)
     records = source.complete(read_captions(args.captions))
     if args.n is not None:
         if args.n > len(records):
@@ -151,18 +160,21 @@ def records_sha256(records: Sequence[CaptionRecord]) -> str:
     return hashlib.sha256(json.dumps([asdict(r) for r in records]).encode()).hexdigest()
 
 
-def caption_source(args: argparse.Namespace) -> CocoCaptions:
-    """Seam 1: where the captions and the reference images come from (MS-COCO val2014 here)."""
-    return CocoCaptions(args.coco_root)
+def caption_source(args: argparse.Namespace) -> CocoCaptions | ToyDigitCaptions:
+    """Seam 1: where the captions and the reference images come from (MS-COCO val2014; the toy's digits)."""
+    return ToyDigitCaptions() if args.model == TOY_MODEL else CocoCaptions(args.coco_root)
 
 
 def feature_weights(args: argparse.Namespace) -> Path:
     """Seam 2, first half: the feature extractor's weights, found (or fetched) before any generation."""
-    return resolve_inception_weights(args.inception_weights)
+    return classifier_weights() if args.model == TOY_MODEL else resolve_inception_weights(args.inception_weights)
 
 
-def feature_extractor(args: argparse.Namespace, weights: Path, device: torch.device) -> InceptionFeatures:
-    """Seam 2: which features make the statistics (pytorch-fid's Inception here; its ``metric`` names the distance)."""
+def feature_extractor(args: argparse.Namespace, weights: Path, device: torch.device) -> InceptionFeatures | DigitFeatures:
+    """Seam 2: which features make the statistics (pytorch-fid's Inception; the toy's digit classifier); the
+    extractor's ``metric`` names the distance."""
+    if args.model == TOY_MODEL:
+        return DigitFeatures(weights)
     return InceptionFeatures(weights, dims=args.dims, device=device, batch_size=args.feature_batch_size)
 
 
@@ -285,6 +297,11 @@ def versions() -> dict:
 
 def labels_and_warnings(args: argparse.Namespace, extractor, n: int) -> tuple[list[str], list[str]]:
     """Short labels (shown in the results table) and full warnings for anything that is not a real 10K-FID."""
+    if extractor.metric != "FID":
+        checks = [(args.tiny, "tiny", TINY_WARNING),
+                  (True, extractor.metric, f"{extractor.metric}: Frechet distance of {extractor.identity['network']} "
+                   "features against the real digits; not an Inception FID and not comparable to one")]
+        return [label for bad, label, _ in checks if bad], [warning for bad, _, warning in checks if bad]
     checks = [
         (args.tiny, "tiny", TINY_WARNING),
         (not extractor.official, "unofficial Inception",
@@ -310,9 +327,12 @@ def compute_result(args, spec: ModelSpec, records, settings: dict, weights: Path
     if totals["flagged"]:
         warnings.append(f"the pipeline's safety checker blacked out {totals['flagged']} images; they are in the FID, "
                         "as the stock pipeline returns them")
+    distance = frechet_distance(generated, reference)
+    scores = source.scores(records, images) if isinstance(source, ToyDigitCaptions) else {}
     return {
         "metric": extractor.metric,
-        "fid": frechet_distance(generated, reference),
+        **({"fid": distance} if extractor.metric == "FID" else {"distance": distance}),
+        **scores,
         "model": spec.key,
         "title": spec.title,
         "checkpoint": "tiny random components" if args.tiny else (args.checkpoint or spec.checkpoint),
@@ -414,7 +434,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (IncompleteImagesError, CaptionSourceError, FeatureWeightsError) as error:
         return fail(error, code=1)
     write_json_atomically(args.out / "result.json", result)
-    print(f"{result['metric']} {result['fid']:.3f} ({spec.title}, "
+    scored = "".join(f", {key} {result[key]:.1%}" for key in ("accuracy",) if key in result)
+    print(f"{result['metric']} {result.get('fid', result.get('distance')):.3f}{scored} ({spec.title}, "
           f"{'baseline' if args.gate is None else f'gate {args.gate}'}, {args.steps} steps, n={len(records)}; "
           f"statistics in {time.perf_counter() - start:.0f} s) -> {args.out / 'result.json'}")
     for warning in result["warnings"]:

@@ -82,9 +82,10 @@ def load_fid_results(patterns: Sequence[str]) -> tuple[list[dict], str | None]:
         except json.JSONDecodeError:
             problems.append(path)
             continue
+        if isinstance(result, dict) and result.get("metric", "FID") != "FID":
+            continue  # other distances (the toy benchmark's toy-FD) are not FIDs
         if isinstance(result, dict) and {"model", "fid", "gate"} <= result.keys():
-            if result.get("metric", "FID") == "FID":  # other distances (e.g. a toy benchmark's) are not FIDs
-                results.append(result)
+            results.append(result)
         else:
             problems.append(path)
     if problems:

@@ -349,3 +349,48 @@ def test_script_runs_from_the_repository_root_and_fails_cleanly_without_coco(tmp
                              "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert "COCO captions not found" in result.stderr and "Traceback" not in result.stderr
+
+
+# --- The toy benchmark: scikit-learn's digits as captions and references, toy-FD on classifier features ---
+
+
+def test_toy_captions_ask_for_the_digit_of_distinct_real_digits():
+    from eval.fid_toy import ToyDigitCaptions
+    from eval.toy import digits
+
+    source = ToyDigitCaptions()
+    records = source.sample(30, seed=4)
+    assert records == ToyDigitCaptions().sample(30, seed=4) and records != source.sample(30, seed=5)
+    assert len({record.image_id for record in records}) == 30
+    for record in records:
+        label = source.label_of(record)
+        assert record.caption in (digits.caption_for(label, "word"), digits.caption_for(label, "numeral"))
+        real = digits.digit_tensors("all")[0][record.image_id, 0].numpy()
+        assert np.array_equal(np.asarray(source.reference_image(record).convert("L")), (real * 255).round())
+
+
+def test_toy_run_reports_toy_fd_and_accuracy_never_an_fid(tmp_path, capsys):
+    out = tmp_path / "toy"
+    argv = ["--model", "toy", "--n", "40", "--steps", "6", "--gate", "3", "--out", str(out),
+            "--stats-dir", str(tmp_path / "stats"), "--workers", "0"]
+    assert fid.main(argv) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["metric"] == "toy-FD" and "fid" not in result and result["distance"] > 0
+    assert result["accuracy"] >= 0.9  # the trained toy draws the requested digits
+    assert "toy-FD" in result["labels"] and not result["tiny"]
+    assert "toy-FD" in capsys.readouterr().out
+    from eval.table import load_fid_results
+
+    assert load_fid_results([str(out / "result.json")])[0] == []  # a toy-FD never lands in the FID column
+
+
+def test_toy_refuses_coco_arguments(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        fid.main(["--model", "toy", "--coco-root", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert exit_info.value.code == 2 and "drop --coco-root" in capsys.readouterr().err
+
+
+def test_other_models_still_require_coco(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        fid.main(["--model", "sd15", "--tiny", "--out", str(tmp_path / "o")])
+    assert "--coco-root DIR is required" in capsys.readouterr().err
