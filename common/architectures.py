@@ -14,6 +14,7 @@ pipeline's sampling loop hands that denoiser at a given image resolution, for ea
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -93,10 +94,21 @@ def build_denoiser(
     return denoiser.eval()
 
 
-def latent_multiple(denoiser: torch.nn.Module) -> int:
+def vae_scale_factor(spec: ModelSpec) -> int:
+    """Pixels per latent of ``spec``'s VAE, as diffusers' pipelines compute it: 2 ** (VAE levels - 1).
+
+    The LCM config folders hold their denoiser only; their VAEs (SDXL's, PixArt's) are the table's 8x.
+    """
+    config = spec.config_dir / "vae" / "config.json"
+    if not config.is_file():
+        return VAE_SCALE_FACTOR
+    return 2 ** (len(json.loads(config.read_text())["block_out_channels"]) - 1)
+
+
+def latent_multiple(denoiser: torch.nn.Module, vae_factor: int = VAE_SCALE_FACTOR) -> int:
     """Image sizes must be multiples of this: the VAE factor, times the patch size of a transformer."""
     patch = denoiser.config.patch_size if isinstance(denoiser, PixArtTransformer2DModel) else 1
-    return VAE_SCALE_FACTOR * patch
+    return vae_factor * patch
 
 
 def denoiser_inputs(
@@ -106,20 +118,21 @@ def denoiser_inputs(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     generator: torch.Generator | None = None,
+    vae_factor: int = VAE_SCALE_FACTOR,
 ) -> dict[str, Any]:
     """Keyword arguments of one denoiser call at ``resolution`` x ``resolution`` pixels for ``batch`` samples.
 
     The shapes are those the diffusers pipelines use (see the module docstring); values are random (none on
-    the ``meta`` device). Device and dtype default to the denoiser's.
+    the ``meta`` device). Device and dtype default to the denoiser's; ``vae_factor`` is pixels per latent.
     """
     parameter = next(denoiser.parameters())
     device = parameter.device if device is None else torch.device(device)
     dtype = parameter.dtype if dtype is None else dtype
-    multiple = latent_multiple(denoiser)
+    multiple = latent_multiple(denoiser, vae_factor)
     if resolution < multiple or resolution % multiple:
         raise ValueError(f"the resolution must be a positive multiple of {multiple} pixels, got {resolution}")
     config = denoiser.config
-    latent = resolution // VAE_SCALE_FACTOR
+    latent = resolution // vae_factor
 
     def random(*shape: int) -> torch.Tensor:
         if device.type == "meta":

@@ -214,3 +214,17 @@ def test_inputs_the_architecture_cannot_take_return_2_with_a_message(capsys, mon
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert macs.main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_toy_is_counted_at_its_own_latent_size():
+    # The toy's VAE has two levels (2x), not the table's 8x: 16 px images are 8x8 latents.
+    from common.architectures import vae_scale_factor
+    from common.models import get_model
+
+    toy = get_model("toy")
+    assert vae_scale_factor(toy) == 2 and vae_scale_factor(get_model("lcm_sdxl")) == 8
+    unet = UNet2DConditionModel.from_pretrained(toy.checkpoint, subfolder="unet").eval()
+    guided = macs.count_forward_macs(unet, denoiser_inputs(unet, 2, toy.resolution, vae_factor=2))
+    assert denoiser_inputs(unet, 2, toy.resolution, vae_factor=2)["sample"].shape[-1] == 8
+    row = macs.macs_row(toy)
+    assert row["macs_baseline"] == toy.steps * guided
