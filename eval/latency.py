@@ -41,7 +41,9 @@ from typing import Any, Callable, Iterator, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root, for `common`
 
+import diffusers  # noqa: E402
 import torch  # noqa: E402
+import transformers  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from common.architectures import build_denoiser, latent_multiple  # noqa: E402
@@ -58,7 +60,8 @@ JSON_KEYS = ("model", "device", "steps", "gate", "resolution", "baseline_s", "tg
 TEXT_ENCODER_PARAMETER_LIMIT = 1_000_000_000
 # Tokens PixArt's pipeline pads T5 prompts to (its `max_sequence_length`).
 T5_TOKENS = 120
-# Pipeline options whose stock default would add work the paper's scripts did not time, or need a package.
+# Random-weight pipelines have no safety checker (SD's default asks for one, with a warning) and no invisible
+# watermark (SDXL's default adds one when its package is installed).
 RANDOM_PIPELINE_OPTIONS = {"requires_safety_checker": False, "add_watermarker": False}
 OFFICIAL_LOADERS = {  # the diffusers pipeline class -> the official package's loader for it
     "StableDiffusionPipeline": "TgateSDLoader",
@@ -101,15 +104,12 @@ def read_config(folder: Path) -> dict[str, Any]:
     for name in ("config.json", "scheduler_config.json"):
         if (folder / name).is_file():
             return json.loads((folder / name).read_text())
-    raise FileNotFoundError(f"no config.json or scheduler_config.json in {folder}")
+    raise ValueError(f"no config.json or scheduler_config.json in {folder}")
 
 
 def random_component(folder: Path, device: torch.device, dtype: torch.dtype) -> Any:
     """A diffusers model or scheduler (config with ``_class_name``) or a transformers model (``architectures``)
     built from ``folder``'s config, with random weights."""
-    import diffusers
-    import transformers
-
     config = read_config(folder)
     if "_class_name" in config:
         component_class = getattr(diffusers, config["_class_name"])
@@ -229,14 +229,12 @@ def diffusers_pipeline_class(pipeline_class: type) -> type:
 
 def stock_pipeline(pipe: Any) -> Any:
     """The diffusers pipeline class the TGATE pipeline extends, on the same components (no copy)."""
-    from diffusers.utils import logging
-
-    verbosity = logging.get_verbosity()
-    logging.set_verbosity_error()  # from_pipe casts to dtype None, and every cast warns about float32 modules
+    verbosity = diffusers.utils.logging.get_verbosity()
+    diffusers.utils.logging.set_verbosity_error()  # from_pipe casts to dtype None: every cast warns
     try:
         return diffusers_pipeline_class(type(pipe)).from_pipe(pipe)
     finally:
-        logging.set_verbosity(verbosity)
+        diffusers.utils.logging.set_verbosity(verbosity)
 
 
 def native_resolution(pipe: Any) -> int:
@@ -286,12 +284,19 @@ class Timing:
 
 
 def timed_run(run: Callable[[], Any], device: torch.device) -> float:
-    gc.collect()  # not inside the timed region
+    """Seconds of ``run()``, with the garbage collector paused as ``timeit`` does (no collection pause
+    falls at random into one variant's run)."""
     synchronize(device)
-    start = time.perf_counter()
-    run()
-    synchronize(device)
-    return time.perf_counter() - start
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        start = time.perf_counter()
+        run()
+        synchronize(device)
+        return time.perf_counter() - start
+    finally:
+        if gc_was_enabled:
+            gc.enable()
 
 
 def time_interleaved(variants: dict[str, Callable[[], Any]], repeats: int, warmup: int, device: torch.device,
@@ -540,15 +545,22 @@ def report(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+def run_or_explain(args: argparse.Namespace) -> dict[str, Any] | None:
+    """``run(args)``, or None after a short message on stderr for what the user can fix (missing weights, a
+    resolution the model cannot take, a missing config)."""
     try:
-        record = run(args)
+        return run(args)
     except CheckpointNotFoundError as error:
         print(f"error: {error}\n  Or time the real architecture without weights: --random-weights.", file=sys.stderr)
-        return 2
-    except ValueError as error:  # settings the model cannot take: a resolution, a missing config
+    except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    record = run_or_explain(args)
+    if record is None:
         return 2
     print(report(record))
     if args.json:

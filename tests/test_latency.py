@@ -1,0 +1,261 @@
+"""eval/latency.py and the GPU benchmark's Python path, offline on tiny components (no timing thresholds)."""
+
+import dataclasses
+import importlib.machinery
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+
+import common.models
+from common.models import MODELS
+from common.pipeline import TgateMixin
+from eval import gpu_bench, latency
+from tests.tgate_checks import assert_gated_run, one_torch_thread, record_denoiser_calls  # noqa: F401
+
+ROOT = Path(__file__).resolve().parent.parent
+QUICK = ["--steps", "4", "--gate", "2", "--repeats", "1", "--warmup", "0"]
+
+
+def read_record(path):
+    return json.loads(Path(path).read_text())
+
+
+def test_json_has_the_promised_keys_with_positive_numbers(tmp_path, capsys, monkeypatch, one_torch_thread):
+    monkeypatch.setitem(sys.modules, "tgate", None)  # what importlib reports for a package not installed
+    out = tmp_path / "latency.json"
+    argv = ["--model", "sd15", "--tiny", "--steps", "3", "--gate", "2", "--repeats", "2", "--warmup", "0",
+            "--json", str(out)]
+    assert latency.main(argv) == 0
+    record = read_record(out)
+    assert set(latency.JSON_KEYS) <= set(record)
+    assert (record["model"], record["steps"], record["gate"], record["resolution"]) == ("sd15", 3, 2, 32)
+    for key in ("baseline_s", "tgate_s", "speedup", "macs_speedup"):
+        assert isinstance(record[key], float) and record[key] > 0
+    assert all(len(timing["runs_s"]) == 2 and min(timing["runs_s"]) > 0 for timing in record["timings"].values())
+    assert record["speedup"] == pytest.approx(record["baseline_s"] / record["tgate_s"])
+    assert record["macs_baseline"] > record["macs_tgate"] > 0  # gate 2 of 3 steps: one step on one branch
+    assert record["device"] == "cpu" and record["device_name"]
+    assert record["overhead_pct"] is None
+    assert record["official_tgate"] == "not installed" and "official_tgate_s" not in record
+    # a tiny run never passes for a real one, neither in the JSON nor on screen
+    assert record["weights"] == "tiny" and "TINY RANDOM COMPONENTS" in record["weights_note"]
+    assert "TINY RANDOM COMPONENTS" in capsys.readouterr().out
+
+
+def test_tgate_runs_the_gated_path_and_stock_and_no_gate_do_not(monkeypatch, one_torch_thread):
+    args = latency.parse_args(["--model", "sd15", "--tiny", *QUICK, "--overhead", "--no-official"])
+    built = latency.benchmarked_pipeline(MODELS["sd15"], "tiny", None, torch.device("cpu"), torch.float32)
+    monkeypatch.setattr(latency, "benchmarked_pipeline", lambda *args, **kwargs: built)
+    unet = built.pipe.unet
+    calls = record_denoiser_calls(unet, unet.conv_in, lambda: latency.run(args, progress=False))
+    # one timed round, in order: stock, TGATE gate 2, TGATE gate 4 (= steps: nothing gated); 4 steps each
+    assert [call.batch for call in calls] == [2] * 4 + [2, 2, 1, 1] + [2] * 4
+    assert_gated_run(calls[4:8], unet, gate=2, images=1, guided=True)
+    assert all(call.projections > 0 for call in calls[:4] + calls[8:])
+
+
+def test_the_stock_variant_is_the_diffusers_class_on_the_same_components():
+    pipe = MODELS["sd15"].tiny_pipeline()
+    stock = latency.stock_pipeline(pipe)
+    assert type(stock) is StableDiffusionPipeline and not isinstance(stock, TgateMixin)
+    assert stock.unet is pipe.unet and stock.vae is pipe.vae and stock.scheduler is pipe.scheduler
+
+
+def test_a_gate_at_the_last_step_reports_the_overhead_of_the_hooks(tmp_path, one_torch_thread):
+    out = tmp_path / "overhead.json"
+    argv = ["--model", "sd15", "--tiny", "--steps", "3", "--gate", "3", "--repeats", "1", "--warmup", "0",
+            "--no-official", "--json", str(out)]
+    assert latency.main(argv) == 0
+    record = read_record(out)
+    assert set(record["timings"]) == {"baseline", "tgate"}
+    assert record["overhead_pct"] == pytest.approx(100 * (record["tgate_s"] / record["baseline_s"] - 1))
+    assert record["macs_speedup"] == 1.0
+    assert record["official_tgate"] == "not requested"
+
+
+def test_time_interleaved_rotates_the_order_of_the_variants():
+    order = []
+    variants = {name: (lambda name=name: order.append(name)) for name in "abc"}
+    timings = latency.time_interleaved(variants, repeats=2, warmup=1, device=torch.device("cpu"), progress=False)
+    assert order == list("abc" "bca" "cab")  # the warm-up round, then two timed rounds
+    assert all(len(timing.runs) == 2 for timing in timings.values())
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--gate", "0"], "--gate must be >= 1"),
+        (["--steps", "0"], "--steps must be >= 1"),
+        (["--repeats", "0"], "--repeats must be >= 1"),
+        (["--warmup", "-1"], "--warmup must be >= 0"),
+        (["--threads", "0"], "--threads must be >= 1"),
+        (["--resolution", "100"], "multiple of 8"),
+        (["--model", "sd3"], "unknown model 'sd3'"),
+        (["--random-weights"], "not allowed with argument"),
+        (["--dtype", "float16", "--device", "cpu"], "float16 does not run on the CPU"),
+        (["--gate", "two"], "invalid int value"),
+    ],
+)
+def test_bad_arguments_exit_with_a_short_message(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        latency.parse_args(["--tiny", *argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cuda_without_cuda_is_a_clear_error(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit):
+        latency.parse_args(["--tiny", "--device", "cuda"])
+    assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_a_resolution_the_model_cannot_take_is_a_clear_error(capsys, one_torch_thread):
+    # the tiny PixArt transformer has 16-pixel patches: sizes must be multiples of 8 x 16 pixels
+    assert latency.main(["--model", "pixart_alpha", "--tiny", *QUICK, "--resolution", "64"]) == 2
+    assert "multiple of 128 pixels" in capsys.readouterr().err
+
+
+def test_missing_weights_say_how_to_get_them_or_to_use_random_weights(tmp_path, capsys):
+    assert latency.main(["--model", "sd15", "--checkpoint", str(tmp_path), *QUICK, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "Could not load the SD-1.5 weights" in err and "--random-weights" in err
+
+
+# --- Registry models added without touching the script -----------------------------------------------------
+
+
+def save_tiny_sd_configs(folder: Path) -> None:
+    """The architecture configs of the tiny SD components, laid out as in common/model_configs/<key>/."""
+    components = MODELS["sd15"].tiny_components()
+    for name in ("unet", "vae", "scheduler"):
+        components[name].save_config(folder / name)
+    encoder = components["text_encoder"]
+    encoder.config.architectures = [type(encoder).__name__]
+    encoder.config.save_pretrained(folder / "text_encoder")
+
+
+def test_random_weights_build_a_registry_model_from_its_config_folder(tmp_path, monkeypatch, one_torch_thread):
+    monkeypatch.setattr(common.models, "CONFIG_ROOT", tmp_path)
+    monkeypatch.setitem(MODELS, "tinysd", dataclasses.replace(MODELS["sd15"], key="tinysd"))
+    save_tiny_sd_configs(tmp_path / "tinysd")
+    out = tmp_path / "random.json"
+    assert latency.main(["--model", "tinysd", "--random-weights", *QUICK, "--no-official", "--json", str(out)]) == 0
+    record = read_record(out)
+    assert record["weights"] == "random" and "RANDOM WEIGHTS" in record["weights_note"]
+    assert record["baseline_s"] > 0 and record["tgate_s"] > 0 and record["resolution"] == 32
+    assert any("character-level CLIP tokenizer" in note for note in record["setup_notes"])
+
+    built = latency.random_weights_pipeline(MODELS["tinysd"], torch.device("cpu"), torch.float32)
+    tiny = MODELS["sd15"].tiny_components()
+    for name in ("unet", "vae", "text_encoder"):  # the configured architecture, fresh random weights
+        ours, reference = getattr(built.pipe, name), tiny[name]
+        assert [p.shape for p in ours.parameters()] == [p.shape for p in reference.parameters()]
+        assert not all(torch.equal(a, b) for a, b in zip(ours.parameters(), reference.parameters()))
+
+
+def test_a_registry_model_with_a_local_checkpoint_folder_needs_no_code_change(tmp_path, monkeypatch,
+                                                                              one_torch_thread):
+    MODELS["sd15"].tiny_pipeline().save_pretrained(tmp_path / "checkpoint")
+    monkeypatch.setitem(MODELS, "local", dataclasses.replace(MODELS["sd15"], key="local",
+                                                             checkpoint=str(tmp_path / "checkpoint")))
+    out = tmp_path / "local.json"
+    assert latency.main(["--model", "local", "--device", "cpu", *QUICK, "--no-official", "--json", str(out)]) == 0
+    record = read_record(out)
+    assert record["weights"] == "checkpoint" and record["checkpoint"] == str(tmp_path / "checkpoint")
+
+
+def test_the_real_architectures_are_built_from_the_project_configs_on_the_meta_device():
+    # parameter counts of common/model_configs/SOURCES.md
+    sd15 = latency.random_weights_pipeline(MODELS["sd15"], torch.device("meta"), torch.float32)
+    assert sum(p.numel() for p in sd15.pipe.unet.parameters()) == 859_520_964
+    assert sum(p.numel() for p in sd15.pipe.text_encoder.parameters()) == 123_060_480
+    assert sd15.prompt_inputs == {"prompt": MODELS["sd15"].prompt}
+    # LCM-SDXL has only its UNet config: the rest is SDXL base's, the scheduler the registry's LCMScheduler
+    lcm = latency.random_weights_pipeline(MODELS["lcm_sdxl"], torch.device("meta"), torch.float32)
+    assert sum(p.numel() for p in lcm.pipe.unet.parameters()) == 2_567_545_604
+    assert sum(p.numel() for p in lcm.pipe.text_encoder_2.parameters()) == 694_659_840
+    assert type(lcm.pipe.scheduler).__name__ == "LCMScheduler"
+    # PixArt's 4.76B-parameter T5 encoder is replaced by random prompt embeddings of its output shape
+    pixart = latency.random_weights_pipeline(MODELS["pixart_alpha"], torch.device("meta"), torch.float32)
+    assert pixart.pipe.text_encoder is None and pixart.pipe.tokenizer is None
+    assert pixart.prompt_inputs["prompt_embeds"].shape == (1, 120, 4096)
+    assert any("4.76B parameters" in note for note in pixart.notes)
+
+
+# --- The official tgate package ----------------------------------------------------------------------------
+
+
+def fake_official_package(seen: dict) -> types.ModuleType:
+    """Stands in for ``tgate``: like the real one, its ``tgate`` call rewrites every attention module's
+    ``forward`` and leaves a cache on it, then samples with the stock pipeline."""
+    module = types.ModuleType("tgate")
+    module.__spec__ = importlib.machinery.ModuleSpec("tgate", None)
+
+    def loader(pipe):
+        def tgate(gate_step, sp_interval, fi_interval, warm_up, lcm, **call):
+            seen.update(gate_step=gate_step, sp_interval=sp_interval, fi_interval=fi_interval, warm_up=warm_up)
+            for attention in (m for m in pipe.unet.modules() if type(m).__name__ == "Attention"):
+                attention.forward = attention.forward  # an instance attribute, as the official code leaves
+                attention.cache = torch.zeros(1)
+            return pipe(**call)
+
+        pipe.tgate = tgate
+        return pipe
+
+    module.TgateSDLoader = loader
+    return module
+
+
+def test_the_official_package_is_timed_when_importable_and_leaves_the_pipeline_stock(tmp_path, monkeypatch,
+                                                                                     one_torch_thread):
+    seen = {}
+    monkeypatch.setitem(sys.modules, "tgate", fake_official_package(seen))
+    built = latency.benchmarked_pipeline(MODELS["sd15"], "tiny", None, torch.device("cpu"), torch.float32)
+    monkeypatch.setattr(latency, "benchmarked_pipeline", lambda *args, **kwargs: built)
+    record = latency.run(latency.parse_args(["--model", "sd15", "--tiny", *QUICK]), progress=False)
+    assert seen == {"gate_step": 2, "sp_interval": 1, "fi_interval": 1, "warm_up": 0}
+    assert record["official_tgate"] == "timed" and record["official_tgate_s"] > 0
+    assert not any({"forward", "cache"} & set(module.__dict__) for module in built.pipe.unet.modules())
+
+
+# --- The GPU benchmark --------------------------------------------------------------------------------------
+
+
+def test_gpu_bench_writes_one_json_with_both_models(tmp_path, one_torch_thread):
+    out = tmp_path / "gpu.json"
+    argv = ["--tiny", "--device", "cpu", "--steps", "2", "--gate", "1", "--repeats", "1", "--warmup", "0",
+            "--out", str(out)]
+    assert gpu_bench.main(argv) == 0
+    summary = read_record(out)
+    assert [run["model"] for run in summary["runs"]] == ["sd15", "sdxl"]
+    for run in summary["runs"]:
+        assert set(latency.JSON_KEYS) <= set(run) and run["speedup"] > 0 and "no_gate" in run["timings"]
+    assert summary["weights"] == "tiny" and "TINY" in summary["weights_note"]
+
+
+def test_gpu_bench_without_cuda_fails_at_once_with_a_message(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_bench.main(["--random-weights"]) == 2
+    assert "no CUDA GPU is visible" in capsys.readouterr().err
+
+
+def test_gpu_bench_sh_hands_its_flags_to_the_python_driver():
+    result = subprocess.run(["bash", str(ROOT / "eval" / "gpu_bench.sh"), "--help"], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0 and "--random-weights" in result.stdout
+    result = subprocess.run(["bash", str(ROOT / "eval" / "gpu_bench.sh"), "--repeats", "x"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2 and "invalid int value" in result.stderr
+
+
+def test_gpu_bench_refuses_the_cpu_for_real_architectures(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        gpu_bench.main(["--random-weights", "--device", "cpu"])
+    assert exit_info.value.code == 2 and "--device cpu only with --tiny" in capsys.readouterr().err
