@@ -245,12 +245,32 @@ def native_resolution(pipe: Any) -> int:
 # --- The official tgate package ----------------------------------------------------------------------------
 
 
-def official_loader(stock: Any) -> Callable | None:
-    """The official ``tgate`` package's loader for this pipeline class, or None when it is not installed."""
+class OfficialPackageError(RuntimeError):
+    """The official tgate package failed on this pipeline."""
+
+
+def official_variant(pipe: Any, settings: dict[str, Any], seed: int, gate: int, guided: bool) -> Callable | None:
+    """A run of the official ``tgate`` package's cross-attention-only mode on ``pipe``'s components, or None
+    when the package is not installed. Each run restores the modules it rewrites."""
     if importlib.util.find_spec("tgate") is None:
         return None
-    name = OFFICIAL_LOADERS.get(type(stock).__name__)
-    return getattr(importlib.import_module("tgate"), name) if name else None
+    stock = stock_pipeline(pipe)
+    loader = getattr(importlib.import_module("tgate"), OFFICIAL_LOADERS[type(stock).__name__])
+    official = loader(stock)
+    official.set_progress_bar_config(disable=True)
+    # sp_interval = fi_interval = 1 and no warm-up: cross-attention cached at the gate, self-attention computed
+    run = seeded(official.tgate, settings, seed, gate_step=gate, sp_interval=1, fi_interval=1, warm_up=0,
+                 lcm=not guided)
+
+    def run_restoring_modules() -> None:
+        with restored_module_state(pipe.denoiser):
+            try:
+                run()
+            except Exception as error:  # a package outside this project: say which, not a traceback
+                raise OfficialPackageError(f"the official tgate package failed: {type(error).__name__}: {error}. "
+                                           "Time without it: --no-official.") from error
+
+    return run_restoring_modules
 
 
 @contextlib.contextmanager
@@ -302,7 +322,7 @@ def timed_run(run: Callable[[], Any], device: torch.device) -> float:
 def time_interleaved(variants: dict[str, Callable[[], Any]], repeats: int, warmup: int, device: torch.device,
                      progress: bool = True) -> dict[str, Timing]:
     """Run every variant ``warmup`` times untimed, then ``repeats`` timed rounds; round ``r`` starts with
-    variant ``r mod n``, so each variant runs as often first as last."""
+    variant ``r mod n``: over the rounds each variant takes each place in the order in turn."""
     names = list(variants)
     seconds: dict[str, list[float]] = {name: [] for name in names}
     bar = tqdm(total=(warmup + repeats) * len(names), desc="timing", unit="run", file=sys.stderr,
@@ -385,21 +405,13 @@ def run(args: argparse.Namespace, progress: bool = True) -> dict[str, Any]:
         each.set_progress_bar_config(disable=True)
 
     settings = call_settings(stock, built.prompt_inputs, steps, resolution, spec.guidance_scale)
-    variants = {"baseline": seeded(stock, settings, args.seed), "tgate": seeded(pipe, settings, args.seed, gate_step=gate)}
+    variants = {"baseline": seeded(stock, settings, args.seed),
+                "tgate": seeded(pipe, settings, args.seed, gate_step=gate)}
     if args.overhead and gate < steps:
         variants["no_gate"] = seeded(pipe, settings, args.seed, gate_step=steps)
-    loader = official_loader(stock) if args.official else None
-    if loader is not None:
-        official = loader(stock_pipeline(pipe))
-        official.set_progress_bar_config(disable=True)
-        official_tgate = seeded(official.tgate, settings, args.seed, gate_step=gate, sp_interval=1, fi_interval=1,
-                                warm_up=0, lcm=not guided)
-
-        def run_official():
-            with restored_module_state(pipe.denoiser):
-                official_tgate()
-
-        variants["official"] = run_official
+    official = official_variant(pipe, settings, args.seed, gate, guided) if args.official else None
+    if official is not None:
+        variants["official"] = official
 
     load_before = load_average()
     timings = time_interleaved(variants, args.repeats, args.warmup, args.device_resolved, progress)
@@ -437,9 +449,7 @@ def run(args: argparse.Namespace, progress: bool = True) -> dict[str, Any]:
     if "official" in timings:
         record["official_tgate_s"] = timings["official"].median
         record["official_speedup"] = timings["baseline"].median / timings["official"].median
-    record["official_tgate"] = ("timed" if "official" in timings else "not requested" if not args.official
-                                else "not installed" if importlib.util.find_spec("tgate") is None
-                                else f"no loader for {type(stock).__name__}")
+    record["official_tgate"] = "timed" if official else "not requested" if not args.official else "not installed"
     return record
 
 
@@ -545,6 +555,11 @@ def report(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
 def run_or_explain(args: argparse.Namespace) -> dict[str, Any] | None:
     """``run(args)``, or None after a short message on stderr for what the user can fix (missing weights, a
     resolution the model cannot take, a missing config)."""
@@ -552,7 +567,7 @@ def run_or_explain(args: argparse.Namespace) -> dict[str, Any] | None:
         return run(args)
     except CheckpointNotFoundError as error:
         print(f"error: {error}\n  Or time the real architecture without weights: --random-weights.", file=sys.stderr)
-    except ValueError as error:
+    except (ValueError, OfficialPackageError) as error:
         print(f"error: {error}", file=sys.stderr)
     return None
 
@@ -564,8 +579,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(report(record))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(record, indent=2) + "\n")
+        write_json(args.json, record)
         print(f"record -> {args.json}")
     return 0
 

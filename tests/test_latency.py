@@ -192,9 +192,9 @@ def test_the_real_architectures_are_built_from_the_project_configs_on_the_meta_d
 # --- The official tgate package ----------------------------------------------------------------------------
 
 
-def fake_official_package(seen: dict) -> types.ModuleType:
+def fake_official_package(seen: dict, fail: bool = False) -> types.ModuleType:
     """Stands in for ``tgate``: like the real one, its ``tgate`` call rewrites every attention module's
-    ``forward`` and leaves a cache on it, then samples with the stock pipeline."""
+    ``forward`` and leaves a cache on it, then samples with the stock pipeline (or raises, with ``fail``)."""
     module = types.ModuleType("tgate")
     module.__spec__ = importlib.machinery.ModuleSpec("tgate", None)
 
@@ -204,6 +204,8 @@ def fake_official_package(seen: dict) -> types.ModuleType:
             for attention in (m for m in pipe.unet.modules() if type(m).__name__ == "Attention"):
                 attention.forward = attention.forward  # an instance attribute, as the official code leaves
                 attention.cache = torch.zeros(1)
+            if fail:
+                raise TypeError("an argument this diffusers version does not take")
             return pipe(**call)
 
         pipe.tgate = tgate
@@ -223,6 +225,13 @@ def test_the_official_package_is_timed_when_importable_and_leaves_the_pipeline_s
     assert seen == {"gate_step": 2, "sp_interval": 1, "fi_interval": 1, "warm_up": 0}
     assert record["official_tgate"] == "timed" and record["official_tgate_s"] > 0
     assert not any({"forward", "cache"} & set(module.__dict__) for module in built.pipe.unet.modules())
+
+
+def test_a_failure_of_the_official_package_is_a_short_message(monkeypatch, capsys, one_torch_thread):
+    monkeypatch.setitem(sys.modules, "tgate", fake_official_package({}, fail=True))
+    assert latency.main(["--model", "sd15", "--tiny", *QUICK]) == 2
+    err = capsys.readouterr().err
+    assert "the official tgate package failed: TypeError" in err and "--no-official" in err
 
 
 # --- The GPU benchmark --------------------------------------------------------------------------------------
