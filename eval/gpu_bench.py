@@ -80,12 +80,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    summary = {
-        "device_name": records[0]["device_name"],
+    summary = {  # "rows": the layout eval/table.py reads
+        "device": records[0]["device"],
         "weights": records[0]["weights"],
         "weights_note": records[0]["weights_note"],
         "wall_s": time.perf_counter() - started,
-        "runs": records,
+        "rows": records,
     }
     latency.write_json(args.out, summary)
     print(f"{len(records)} models in {summary['wall_s']:.0f} s -> {args.out}")

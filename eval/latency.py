@@ -36,6 +36,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -418,8 +419,8 @@ def run(args: argparse.Namespace, progress: bool = True) -> dict[str, Any]:
     record: dict[str, Any] = {
         "model": spec.key,
         "title": spec.title,
-        "device": str(args.device_resolved),
-        "device_name": device_name(args.device_resolved),
+        "device": device_name(args.device_resolved),
+        "torch_device": str(args.device_resolved),
         "steps": steps,
         "gate": gate,
         "resolution": resolution,
@@ -428,6 +429,8 @@ def run(args: argparse.Namespace, progress: bool = True) -> dict[str, Any]:
         "speedup": timings["baseline"].median / timings["tgate"].median,
         "weights": args.weights,
         "weights_note": WEIGHT_NOTES[args.weights],
+        "tiny": args.weights == "tiny",  # the flags eval/table.py labels a cell with
+        "random_weights": args.weights == "random",
         "setup_notes": built.notes,
         "checkpoint": (args.checkpoint or spec.checkpoint) if args.weights == "checkpoint" else None,
         "dtype": str(args.dtype_resolved).removeprefix("torch."),
@@ -442,6 +445,7 @@ def run(args: argparse.Namespace, progress: bool = True) -> dict[str, Any]:
         "load_average_before": load_before,
         "load_average_after": load_average(),
         "versions": {name: importlib.import_module(name).__version__ for name in ("torch", "diffusers")},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     # The hooks' cost alone: the TGATE pipeline with no step gated, against stock.
     no_gate = timings["tgate"] if gate >= steps else timings.get("no_gate")
@@ -530,10 +534,10 @@ def report(record: dict[str, Any]) -> str:
     timings = record["timings"]
     labels = {"baseline": "stock", "tgate": f"TGATE (gate {record['gate']})",
               "no_gate": f"TGATE, gate {record['steps']} (no step gated)", "official": "official tgate package"}
-    device = record["device_name"] + (f", torch threads: {record['torch_threads']}" if record["torch_threads"] else "")
+    device = record["device"] + (f", torch threads: {record['torch_threads']}" if record["torch_threads"] else "")
     lines = [
         f"{record['title']} | {record['weights_note']}",
-        f"{record['device']}: {device} | {record['dtype']} | {record['resolution']} px, {record['steps']} steps, "
+        f"{record['torch_device']}: {device} | {record['dtype']} | {record['resolution']} px, {record['steps']} steps, "
         f"gate {record['gate']}, guidance {record['guidance_scale']}, seed {record['seed']}",
         *(f"  note: {note}" for note in record["setup_notes"]),
         f"{record['repeats']} timed runs of each after {record['warmup']} warm-up, interleaved; seconds per image:",
@@ -548,7 +552,7 @@ def report(record: dict[str, Any]) -> str:
         lines.append(f"official tgate package: speedup {record['official_speedup']:.3f}x")
     else:
         lines.append(f"official tgate package: {record['official_tgate']}")
-    cpus = f" on {os.cpu_count()} CPUs" if record["device"] == "cpu" else ""
+    cpus = f" on {os.cpu_count()} CPUs" if record["torch_device"] == "cpu" else ""
     lines.append(f"load average before / after: {record['load_average_before']} / {record['load_average_after']}{cpus}")
     if record["weights"] != "checkpoint":
         lines.append(record["weights_note"])

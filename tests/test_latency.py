@@ -40,7 +40,8 @@ def test_json_has_the_promised_keys_with_positive_numbers(tmp_path, capsys, monk
     assert all(len(timing["runs_s"]) == 2 and min(timing["runs_s"]) > 0 for timing in record["timings"].values())
     assert record["speedup"] == pytest.approx(record["baseline_s"] / record["tgate_s"])
     assert record["macs_baseline"] > record["macs_tgate"] > 0  # gate 2 of 3 steps: one step on one branch
-    assert record["device"] == "cpu" and record["device_name"]
+    assert record["torch_device"] == "cpu" and record["device"]
+    assert record["tiny"] is True and record["random_weights"] is False  # what eval/table.py labels cells with
     assert record["overhead_pct"] is None
     assert record["official_tgate"] == "not installed" and "official_tgate_s" not in record
     # a tiny run never passes for a real one, neither in the JSON nor on screen
@@ -148,7 +149,7 @@ def test_random_weights_build_a_registry_model_from_its_config_folder(tmp_path, 
     out = tmp_path / "random.json"
     assert latency.main(["--model", "tinysd", "--random-weights", *QUICK, "--no-official", "--json", str(out)]) == 0
     record = read_record(out)
-    assert record["weights"] == "random" and "RANDOM WEIGHTS" in record["weights_note"]
+    assert record["weights"] == "random" and "RANDOM WEIGHTS" in record["weights_note"] and record["random_weights"]
     assert record["baseline_s"] > 0 and record["tgate_s"] > 0 and record["resolution"] == 32
     assert any("character-level CLIP tokenizer" in note for note in record["setup_notes"])
 
@@ -243,8 +244,8 @@ def test_gpu_bench_writes_one_json_with_both_models(tmp_path, one_torch_thread):
             "--out", str(out)]
     assert gpu_bench.main(argv) == 0
     summary = read_record(out)
-    assert [run["model"] for run in summary["runs"]] == ["sd15", "sdxl"]
-    for run in summary["runs"]:
+    assert [run["model"] for run in summary["rows"]] == ["sd15", "sdxl"]
+    for run in summary["rows"]:
         assert set(latency.JSON_KEYS) <= set(run) and run["speedup"] > 0 and "no_gate" in run["timings"]
     assert summary["weights"] == "tiny" and "TINY" in summary["weights_note"]
 
