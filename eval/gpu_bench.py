@@ -3,8 +3,9 @@
 Run ``bash eval/gpu_bench.sh`` (or ``python eval/gpu_bench.py``) from anywhere, on a machine with one CUDA GPU;
 ``--random-weights`` needs no download (the real architectures with random weights: latency does not depend on
 weight values). Each model goes through ``eval/latency.py`` (interleaved runs, median of ``--repeats``, the
-hooks' overhead with no step gated) and both records go into one JSON. About 2 minutes on an H100-class GPU;
-on a GPU much slower than that, lower ``--repeats`` to stay under 8 minutes.
+hooks' overhead with no step gated) and both records go into one JSON. Not yet run on a GPU: by the work
+counted (3 variants x 4 runs of each model), a few minutes on a recent data-centre GPU; on a much slower GPU,
+lower ``--repeats`` to stay under 8 minutes.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     weights.add_argument("--tiny", action="store_true",
                          help="tiny random components at their own small size: a smoke test of this script only")
     parser.add_argument("--steps", type=int, default=25, metavar="N", help="sampling steps (default: 25)")
-    parser.add_argument("--gate", type=int, default=10, metavar="N", help="gate step (default: 10, the paper's)")
+    parser.add_argument("--gate", type=int, default=10, metavar="N", help="gate step (default: 10, the paper's example scripts')")
     parser.add_argument("--repeats", type=int, default=3, metavar="K",
                         help="timed runs of each variant per model (default: 3)")
     parser.add_argument("--warmup", type=int, default=1, metavar="W",
