@@ -36,15 +36,6 @@ CAPTIONS = {  # image id -> its captions; image 7 has none and must never be sam
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors run faster on one thread, and a shared CPU makes extra OpenMP threads spin and wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="session")
 def coco_root(tmp_path_factory):
     """COCO's layout with nine small non-square JPEGs and their captions."""

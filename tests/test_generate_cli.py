@@ -14,7 +14,6 @@ from PIL import Image
 
 from common.cli import generate_main, resolve_device_and_dtype
 from common.models import MODELS, CheckpointNotFoundError
-from tests.tgate_checks import one_torch_thread  # noqa: F401  (a fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -124,7 +123,6 @@ def run_folder_script(monkeypatch, folder, argv):
     return exit_info.value.code
 
 
-@pytest.mark.usefixtures("one_torch_thread")
 @pytest.mark.parametrize("folder, argv, header, size", FOLDER_SCRIPTS, ids=["sdxl", "pixart", "lcm-sdxl", "lcm-pixart"])
 def test_folder_script_runs_tiny_end_to_end(monkeypatch, capsys, tmp_path, folder, argv, header, size):
     out = tmp_path / "img.png"
@@ -134,7 +132,6 @@ def test_folder_script_runs_tiny_end_to_end(monkeypatch, capsys, tmp_path, folde
     assert Image.open(out).size == size
 
 
-@pytest.mark.usefixtures("one_torch_thread")
 def test_sdxl_compare_writes_both_images(monkeypatch, tmp_path):
     out = tmp_path / "img.png"
     argv = ["--tiny", "--steps", "3", "--gate", "1", "--compare", "--out", str(out)]
@@ -164,7 +161,6 @@ def saved_tiny_pipeline(key, folder):
     return pipe
 
 
-@pytest.mark.usefixtures("one_torch_thread")
 def test_lcm_sdxl_loads_its_unet_into_sdxl_base(monkeypatch, tmp_path):
     base = saved_tiny_pipeline("sdxl", tmp_path / "sdxl-base")
     lcm = saved_tiny_pipeline("lcm_sdxl", tmp_path / "lcm-full")

@@ -16,7 +16,7 @@ import common.models
 from common.models import MODELS
 from common.pipeline import TgateMixin
 from eval import gpu_bench, latency
-from tests.tgate_checks import assert_gated_run, one_torch_thread, record_denoiser_calls  # noqa: F401
+from tests.tgate_checks import assert_gated_run, record_denoiser_calls
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = ["--steps", "4", "--gate", "2", "--repeats", "1", "--warmup", "0"]
@@ -26,7 +26,7 @@ def read_record(path):
     return json.loads(Path(path).read_text())
 
 
-def test_json_has_the_promised_keys_with_positive_numbers(tmp_path, capsys, monkeypatch, one_torch_thread):
+def test_json_has_the_promised_keys_with_positive_numbers(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "tgate", None)  # what importlib reports for a package not installed
     out = tmp_path / "latency.json"
     argv = ["--model", "sd15", "--tiny", "--steps", "3", "--gate", "2", "--repeats", "2", "--warmup", "0",
@@ -49,7 +49,7 @@ def test_json_has_the_promised_keys_with_positive_numbers(tmp_path, capsys, monk
     assert "TINY RANDOM COMPONENTS" in capsys.readouterr().out
 
 
-def test_tgate_runs_the_gated_path_and_stock_and_no_gate_do_not(monkeypatch, one_torch_thread):
+def test_tgate_runs_the_gated_path_and_stock_and_no_gate_do_not(monkeypatch):
     args = latency.parse_args(["--model", "sd15", "--tiny", *QUICK, "--overhead", "--no-official"])
     built = latency.benchmarked_pipeline(MODELS["sd15"], "tiny", None, torch.device("cpu"), torch.float32)
     monkeypatch.setattr(latency, "benchmarked_pipeline", lambda *args, **kwargs: built)
@@ -68,7 +68,7 @@ def test_the_stock_variant_is_the_diffusers_class_on_the_same_components():
     assert stock.unet is pipe.unet and stock.vae is pipe.vae and stock.scheduler is pipe.scheduler
 
 
-def test_a_gate_at_the_last_step_reports_the_overhead_of_the_hooks(tmp_path, one_torch_thread):
+def test_a_gate_at_the_last_step_reports_the_overhead_of_the_hooks(tmp_path):
     out = tmp_path / "overhead.json"
     argv = ["--model", "sd15", "--tiny", "--steps", "3", "--gate", "3", "--repeats", "1", "--warmup", "0",
             "--no-official", "--json", str(out)]
@@ -117,7 +117,7 @@ def test_cuda_without_cuda_is_a_clear_error(monkeypatch, capsys):
     assert "CUDA is not available" in capsys.readouterr().err
 
 
-def test_a_resolution_the_model_cannot_take_is_a_clear_error(capsys, one_torch_thread):
+def test_a_resolution_the_model_cannot_take_is_a_clear_error(capsys):
     # the tiny PixArt transformer has 16-pixel patches: sizes must be multiples of 8 x 16 pixels
     assert latency.main(["--model", "pixart_alpha", "--tiny", *QUICK, "--resolution", "64"]) == 2
     assert "multiple of 128 pixels" in capsys.readouterr().err
@@ -142,7 +142,7 @@ def save_tiny_sd_configs(folder: Path) -> None:
     encoder.config.save_pretrained(folder / "text_encoder")
 
 
-def test_random_weights_build_a_registry_model_from_its_config_folder(tmp_path, monkeypatch, one_torch_thread):
+def test_random_weights_build_a_registry_model_from_its_config_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(common.models, "CONFIG_ROOT", tmp_path)
     monkeypatch.setitem(MODELS, "tinysd", dataclasses.replace(MODELS["sd15"], key="tinysd"))
     save_tiny_sd_configs(tmp_path / "tinysd")
@@ -161,8 +161,7 @@ def test_random_weights_build_a_registry_model_from_its_config_folder(tmp_path, 
         assert not all(torch.equal(a, b) for a, b in zip(ours.parameters(), reference.parameters()))
 
 
-def test_a_registry_model_with_a_local_checkpoint_folder_needs_no_code_change(tmp_path, monkeypatch,
-                                                                              one_torch_thread):
+def test_a_registry_model_with_a_local_checkpoint_folder_needs_no_code_change(tmp_path, monkeypatch):
     MODELS["sd15"].tiny_pipeline().save_pretrained(tmp_path / "checkpoint")
     monkeypatch.setitem(MODELS, "local", dataclasses.replace(MODELS["sd15"], key="local",
                                                              checkpoint=str(tmp_path / "checkpoint")))
@@ -216,8 +215,7 @@ def fake_official_package(seen: dict, fail: bool = False) -> types.ModuleType:
     return module
 
 
-def test_the_official_package_is_timed_when_importable_and_leaves_the_pipeline_stock(tmp_path, monkeypatch,
-                                                                                     one_torch_thread):
+def test_the_official_package_is_timed_when_importable_and_leaves_the_pipeline_stock(tmp_path, monkeypatch):
     seen = {}
     monkeypatch.setitem(sys.modules, "tgate", fake_official_package(seen))
     built = latency.benchmarked_pipeline(MODELS["sd15"], "tiny", None, torch.device("cpu"), torch.float32)
@@ -228,7 +226,7 @@ def test_the_official_package_is_timed_when_importable_and_leaves_the_pipeline_s
     assert not any({"forward", "cache"} & set(module.__dict__) for module in built.pipe.unet.modules())
 
 
-def test_a_failure_of_the_official_package_is_a_short_message(monkeypatch, capsys, one_torch_thread):
+def test_a_failure_of_the_official_package_is_a_short_message(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "tgate", fake_official_package({}, fail=True))
     assert latency.main(["--model", "sd15", "--tiny", *QUICK]) == 2
     err = capsys.readouterr().err
@@ -238,7 +236,7 @@ def test_a_failure_of_the_official_package_is_a_short_message(monkeypatch, capsy
 # --- The GPU benchmark --------------------------------------------------------------------------------------
 
 
-def test_gpu_bench_writes_one_json_with_both_models(tmp_path, one_torch_thread):
+def test_gpu_bench_writes_one_json_with_both_models(tmp_path):
     out = tmp_path / "gpu.json"
     argv = ["--tiny", "--device", "cpu", "--steps", "2", "--gate", "1", "--repeats", "1", "--warmup", "0",
             "--out", str(out)]

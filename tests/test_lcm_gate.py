@@ -12,16 +12,13 @@ from diffusers.utils.torch_utils import randn_tensor
 from common.models import get_model
 from common.tiny import tiny_lcm_pixart_components, tiny_lcm_sdxl_components
 from LCM.pipeline import LCM_MODELS, TgatePixArtAlphaPipeline, TgateStableDiffusionXLPipeline, load_lcm
-from tests.tgate_checks import (  # noqa: F401  (one_torch_thread: a fixture, used by pytestmark)
-    one_torch_thread,
+from tests.tgate_checks import (
     assert_gated_run,
     pipeline_is_stock,
     quiet,
     record_denoiser_calls,
     reference_cross_attention_gate,
 )
-
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 STEPS = 4  # the paper's LCM setting: 4 steps, gate 1
 PROMPT = "self-portrait oil painting, a beautiful cyborg"

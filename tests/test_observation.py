@@ -23,9 +23,6 @@ from eval.observation_probes import (
     predicted_clean_latents,
     watch_scheduler_steps,
 )
-from tests.tgate_checks import one_torch_thread  # noqa: F401  (a fixture, used by pytestmark)
-
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 5
 
@@ -102,7 +99,7 @@ def test_tiny_run_writes_every_output_with_its_shape(tmp_path, capsys, monkeypat
 
 
 def test_script_runs_from_the_repository_root(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = dict(os.environ)
     result = subprocess.run(
         [sys.executable, "eval/observation.py", "--tiny", "--model", "sd21", "--steps", "3", "--parts", "convergence",
          "--out", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

@@ -12,16 +12,13 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from common.tiny import tiny_pixart_components
 from PixArt_alpha.pipeline import TgatePixArtAlphaPipeline
-from tests.tgate_checks import (  # noqa: F401  (one_torch_thread: a fixture, used by pytestmark)
-    one_torch_thread,
+from tests.tgate_checks import (
     assert_gated_run,
     pipeline_is_stock,
     quiet,
     record_denoiser_calls,
     reference_cross_attention_gate,
 )
-
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 STEPS = 5
 PROMPT = "an alpaca made of colorful building blocks"

@@ -20,17 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 QUICK_STEPS = 10
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # On a shared 2-core machine two torch threads run these tiny models many times slower than one.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def pipe(one_thread):
+def pipe():
     from SD_1_5.pipeline import TgateStableDiffusionPipeline
 
     pipe = TgateStableDiffusionPipeline.from_pretrained(digits.CHECKPOINT_DIR)

@@ -5,19 +5,9 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 
-import pytest
 import torch
 
 from common.gate import cross_attention_modules
-
-
-@pytest.fixture
-def one_torch_thread():
-    """Tiny models on a shared CPU: one thread avoids thread hand-offs that cost more than the maths."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def quiet(pipe):
