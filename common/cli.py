@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -77,6 +80,19 @@ def resolve_device_and_dtype(device: str, dtype: str) -> tuple[torch.device, tor
     if resolved.type == "cpu" and dtype == "float16":
         raise ValueError("--dtype float16 does not run on the CPU; use --dtype float32 or bfloat16 there")
     return resolved, DTYPES[dtype]
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model and core count: what a timing was measured on."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        with contextlib.suppress(OSError):
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} CPUs)"
+        return f"{platform.processor() or platform.machine()} ({os.cpu_count()} CPUs)"
+    return str(device)
 
 
 def synchronize(device: torch.device) -> None:

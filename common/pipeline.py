@@ -24,6 +24,11 @@ class TgateMixin:
     def denoiser(self) -> torch.nn.Module:
         return self.unet if hasattr(self, "unet") else self.transformer
 
+    @property
+    def native_resolution(self) -> int:
+        """The image side the pipeline makes by default: the denoiser's sample size times the VAE factor."""
+        return self.denoiser.config.sample_size * self.vae_scale_factor
+
     def uses_guidance(self, guidance_scale: float) -> bool:
         """Whether a call with ``guidance_scale`` runs classifier-free guidance (a doubled batch).
 

@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from common.cli import DTYPES, resolve_device_and_dtype  # noqa: E402
+from common.cli import DTYPES, device_name, resolve_device_and_dtype  # noqa: E402
 from common.gate import check_gate_step  # noqa: E402
 from common.models import MODELS, CheckpointNotFoundError, ModelSpec, get_model  # noqa: E402
 from eval.fid_data import (  # noqa: E402
@@ -216,10 +216,6 @@ def load_pipeline(spec: ModelSpec, args: argparse.Namespace, dtype: torch.dtype)
     return spec.load(args.checkpoint, torch_dtype=dtype)
 
 
-def native_resolution(pipe) -> int:
-    return pipe.denoiser.config.sample_size * pipe.vae_scale_factor
-
-
 class ImageDataset(torch.utils.data.Dataset):
     """Items turned into float tensors (3, H, W) in [0, 1] by ``load`` (a picklable callable -> RGB image)."""
 
@@ -277,12 +273,6 @@ def reference_statistics(source: CocoCaptions, records: Sequence[CaptionRecord],
     args.stats_dir.mkdir(parents=True, exist_ok=True)
     save_statistics(path, mu, sigma, source=source.name, size=str(size), images=str(len(ordered)))
     return (mu, sigma), path
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{device.type} ({platform.processor() or platform.machine()})"
 
 
 def versions() -> dict:
@@ -371,7 +361,7 @@ def generate_share(args, spec: ModelSpec, state, device: torch.device, dtype: to
     """
     pipe = load_pipeline(spec, args, dtype).to(device)
     pipe.set_progress_bar_config(disable=True)
-    resolution = args.resolution or (native_resolution(pipe) if args.tiny else spec.resolution)
+    resolution = args.resolution or (pipe.native_resolution if args.tiny else spec.resolution)
     settings = {"model": spec.key, "checkpoint": "tiny" if args.tiny else args.checkpoint or spec.checkpoint,
                 "gate": args.gate, "steps": args.steps, "guidance_scale": args.guidance, "resolution": resolution,
                 "seed": args.seed, "dtype": str(dtype).removeprefix("torch."), "captions_sha256": records_sha256(records)}

@@ -31,7 +31,6 @@ import importlib.util
 import inspect
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -48,7 +47,7 @@ import transformers  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from common.architectures import build_denoiser, latent_multiple  # noqa: E402
-from common.cli import DTYPES, resolve_device_and_dtype, synchronize  # noqa: E402
+from common.cli import DTYPES, device_name, resolve_device_and_dtype, synchronize  # noqa: E402
 from common.gate import check_gate_step  # noqa: E402
 from common.models import MODELS, CheckpointNotFoundError, ModelSpec, get_model  # noqa: E402
 from common.tiny import tiny_clip_tokenizer  # noqa: E402
@@ -238,11 +237,6 @@ def stock_pipeline(pipe: Any) -> Any:
         diffusers.utils.logging.set_verbosity(verbosity)
 
 
-def native_resolution(pipe: Any) -> int:
-    """The image side the pipeline makes by default: the denoiser's sample size times the VAE factor."""
-    return pipe.denoiser.config.sample_size * pipe.vae_scale_factor
-
-
 # --- The official tgate package ----------------------------------------------------------------------------
 
 
@@ -343,18 +337,6 @@ def time_interleaved(variants: dict[str, Callable[[], Any]], repeats: int, warmu
 # --- Benchmark ---------------------------------------------------------------------------------------------
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    if device.type == "cpu":
-        with contextlib.suppress(OSError):
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} CPUs)"
-        return f"{platform.processor() or platform.machine()} ({os.cpu_count()} CPUs)"
-    return str(device)
-
-
 def load_average() -> list[float] | None:
     with contextlib.suppress(OSError, AttributeError):
         return [round(value, 2) for value in os.getloadavg()]
@@ -366,7 +348,7 @@ def macs_prediction(pipe: Any, resolution: int, steps: int, gate: int, guided: b
     denoiser = pipe.denoiser
     with torch.device("meta"):
         architecture = type(denoiser).from_config(denoiser.config).eval()
-    baseline, tgate = run_macs(forward_macs(architecture, resolution, guided), steps, gate)
+    baseline, tgate = run_macs(forward_macs(architecture, resolution, guided, pipe.vae_scale_factor), steps, gate)
     return {"macs_baseline": baseline, "macs_tgate": tgate, "macs_speedup": baseline / tgate}
 
 
@@ -396,7 +378,7 @@ def run(args: argparse.Namespace, progress: bool = True) -> dict[str, Any]:
     pipe = built.pipe
     steps = spec.steps if args.steps is None else args.steps
     gate = spec.gate_step if args.gate is None else args.gate
-    resolution = args.resolution or native_resolution(pipe)
+    resolution = args.resolution or pipe.native_resolution
     multiple = latent_multiple(pipe.denoiser)
     if resolution % multiple:
         raise ValueError(f"--resolution must be a multiple of {multiple} pixels for {spec.title}, got {resolution}")

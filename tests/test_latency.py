@@ -267,3 +267,12 @@ def test_gpu_bench_refuses_the_cpu_for_real_architectures(capsys):
     with pytest.raises(SystemExit) as exit_info:
         gpu_bench.main(["--random-weights", "--device", "cpu"])
     assert exit_info.value.code == 2 and "--device cpu only with --tiny" in capsys.readouterr().err
+
+
+def test_macs_prediction_counts_the_timed_pipeline_at_its_own_latent_size():
+    from eval.macs import macs_row
+
+    toy = MODELS["toy"]  # a 2x VAE: its 16 px images are 8x8 latents
+    prediction = latency.macs_prediction(toy.load(), toy.resolution, toy.steps, toy.gate_step, guided=True)
+    row = macs_row(toy)
+    assert (prediction["macs_baseline"], prediction["macs_tgate"]) == (row["macs_baseline"], row["macs_tgate"])
