@@ -131,3 +131,13 @@ def test_toy_is_registered_with_its_committed_checkpoint():
     assert Path(spec.checkpoint) == digits.CHECKPOINT_DIR and spec.config_dir == digits.CHECKPOINT_DIR
     assert (spec.config_dir / spec.denoiser / "config.json").is_file()
     assert spec.paper_row(tgate=True) is None
+
+
+def test_evaluation_rows_carry_the_macs_eval_macs_counts(pipe):
+    from eval.macs import macs_row
+    from eval.toy.evaluate import evaluate_gates
+
+    rows = evaluate_gates(pipe, [None, 2], per_digit=1, steps=4, guidance=5.0, seed=0, styles=["word"])
+    row = macs_row(get_model("toy"), steps=4, gate=2)
+    assert [r["macs_per_image"] for r in rows] == [row["macs_baseline"], row["macs_tgate"]]
+    assert rows[1]["macs_per_image"] < rows[0]["macs_per_image"]

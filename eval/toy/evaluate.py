@@ -6,7 +6,8 @@ cross-attention outputs converge early.
 
 Accuracy: the fraction of samples that the digit classifier (``eval/toy/digits.py``) reads as the requested
 digit. toy-FD: the Frechet distance between the classifier's 64-d features of the samples and of the real
-digits (all 1,797); it is not Inception FID and not comparable to it. Seconds per image: one batched call
+digits (all 1,797); it is not Inception FID and not comparable to it. MACs: the denoiser's over one image's
+sampling run, counted by eval/macs.py at the toy's size. Seconds per image: one batched call
 for all samples of a setting, divided by their number.
 """
 
@@ -17,6 +18,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for `common` and `eval`
 
@@ -24,17 +26,25 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
+from eval.fid_features import frechet_distance, statistics  # noqa: E402
 from eval.toy import digits  # noqa: E402
 
 STOCK = None  # the gate "setting" of the stock pipeline
 
 
 def toy_fd(features_a: np.ndarray, features_b: np.ndarray) -> float:
-    """Frechet distance between Gaussians fitted to two (N, D) feature sets (pytorch-fid's formula)."""
-    from pytorch_fid.fid_score import calculate_frechet_distance
+    """Frechet distance between Gaussians fitted to two (N, D) feature sets, as eval/fid.py computes it."""
+    return frechet_distance(statistics(features_a), statistics(features_b))
 
-    return float(calculate_frechet_distance(features_a.mean(0), np.cov(features_a, rowvar=False),
-                                            features_b.mean(0), np.cov(features_b, rowvar=False)))
+
+def denoiser_macs(pipe, steps: int, guidance: float) -> Callable[[int | None], int]:
+    """eval/macs.py's count of one run's denoiser MACs per image at the toy's size, as a function of the gate."""
+    from eval.macs import forward_macs, run_macs
+
+    with torch.device("meta"):
+        architecture = type(pipe.unet).from_config(pipe.unet.config).eval()
+    forward = forward_macs(architecture, pipe.native_resolution, pipe.uses_guidance(guidance), pipe.vae_scale_factor)
+    return lambda gate: run_macs(forward, steps, steps if gate is STOCK else gate)[1]
 
 
 def requested_digits(per_digit: int, styles: list[str]) -> tuple[list[str], np.ndarray]:
@@ -62,9 +72,10 @@ def sample(pipe, prompts: list[str], steps: int, gate: int | None, guidance: flo
 
 def evaluate_gates(pipe, gates: list[int | None], per_digit: int, steps: int, guidance: float, seed: int,
                    styles: list[str]) -> list[dict]:
-    """One row per gate setting: accuracy, toy-FD against all real digits, seconds per image."""
+    """One row per gate setting: accuracy, toy-FD against all real digits, seconds per image, denoiser MACs."""
     prompts, labels = requested_digits(per_digit, styles)
     reference = digits.features(digits.load_reference_digits()[0])
+    macs_of = denoiser_macs(pipe, steps, guidance)
     pipe(prompts[:2], num_inference_steps=2, guidance_scale=guidance, output_type="latent")  # warm-up, untimed
     rows = []
     for gate in tqdm(gates, desc="gate settings"):
@@ -75,6 +86,7 @@ def evaluate_gates(pipe, gates: list[int | None], per_digit: int, steps: int, gu
             "accuracy": digits.accuracy(images, labels),
             "toy_fd": toy_fd(digits.features(images), reference),
             "seconds_per_image": seconds / len(prompts),
+            "macs_per_image": macs_of(gate),
         })
     return rows
 
@@ -86,7 +98,7 @@ def real_digits_row(count: int) -> dict:
     reference = digits.features(digits.load_reference_digits()[0])
     return {"setting": f"real held-out digits (n={len(labels)})", "gate_step": None,
             "accuracy": digits.accuracy(images, labels), "toy_fd": toy_fd(digits.features(images), reference),
-            "seconds_per_image": None}
+            "seconds_per_image": None, "macs_per_image": None}
 
 
 @torch.no_grad()
@@ -169,10 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     if 10 * args.per_digit < 2 * digits.FEATURE_DIM:
         print(f"note: toy-FD from fewer than {2 * digits.FEATURE_DIM} samples is dominated by estimation bias; "
               "compare settings only at the same --per-digit")
-    print(f"\n{'setting':<34} {'accuracy':>9} {'toy-FD':>8} {'s/image':>9}")
+    print(f"\n{'setting':<34} {'accuracy':>9} {'toy-FD':>8} {'s/image':>9} {'MACs/image':>11}")
     for row in rows:
         seconds = f"{row['seconds_per_image']:.4f}" if row["seconds_per_image"] is not None else "-"
-        print(f"{row['setting']:<34} {row['accuracy']:>9.1%} {row['toy_fd']:>8.2f} {seconds:>9}")
+        macs = f"{row['macs_per_image'] / 1e6:.1f}M" if row["macs_per_image"] is not None else "-"
+        print(f"{row['setting']:<34} {row['accuracy']:>9.1%} {row['toy_fd']:>8.2f} {seconds:>9} {macs:>11}")
     results = {"model": "toy digits, trained here (not a paper model)", "checkpoint": str(args.checkpoint),
                "settings": {k: v for k, v in vars(args).items() if k not in ("json", "checkpoint")}, "rows": rows}
     if args.convergence:
