@@ -95,7 +95,7 @@ def missing_weights_message(spec: ModelSpec, source: str, error: Exception) -> s
         f"  reason: {reason}\n"
         f"  To provide them: download once with network access (`huggingface-cli download {spec.checkpoint}` "
         "fills the Hugging Face cache, $HF_HOME, which is then used offline), or pass a local diffusers folder "
-        "with --model PATH.\n"
+        "(generate.py: --model PATH; the eval scripts: --checkpoint PATH).\n"
         "  For an offline smoke run without weights, use --tiny (tiny random components; the image is noise)."
     )
 

@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", default="sd21", choices=list(MODELS), metavar="NAME",
                         help=f"registry model: {', '.join(MODELS)} (default: sd21)")
-    parser.add_argument("--weights", metavar="HUB_ID_OR_FOLDER",
+    parser.add_argument("--checkpoint", metavar="HUB_ID_OR_FOLDER",
                         help="where to load the weights from (default: the model's checkpoint)")
     parser.add_argument("--tiny", action="store_true", help="tiny random components built offline, for smoke "
                         "runs without weights: images are noise and the convergence means nothing")
@@ -183,15 +183,15 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
             raise ValueError(f"--show-steps: step {max(args.show_steps)} is beyond --steps {steps}")
         if args.resolution is not None and (args.resolution < 1 or args.resolution % VAE_SCALE_FACTOR):
             raise ValueError(f"--resolution must be a positive multiple of {VAE_SCALE_FACTOR}, got {args.resolution}")
-        if args.tiny and args.weights:
-            raise ValueError("--tiny builds random components and ignores weights: drop --weights or --tiny")
+        if args.tiny and args.checkpoint:
+            raise ValueError("--tiny builds random components and ignores weights: drop --checkpoint or --tiny")
         device, dtype = resolve_device_and_dtype(args.device, args.dtype)
     except ValueError as error:
         parser.error(str(error))
     split = default_split(spec, steps) if args.split is None else args.split
     return Settings(
         spec=spec,
-        weights="tiny random components" if args.tiny else args.weights or spec.checkpoint,
+        weights="tiny random components" if args.tiny else args.checkpoint or spec.checkpoint,
         random_weights=args.tiny,
         prompt=args.prompt or spec.prompt,
         steps=steps,
@@ -401,8 +401,8 @@ def load_pipeline(settings: Settings):
     else:
         try:
             pipe = settings.spec.load(settings.weights, torch_dtype=settings.dtype)
-        except CheckpointNotFoundError as error:  # its advice names generate.py's flag; this script's is --weights
-            print(f"error: {str(error).replace('--model PATH', '--weights PATH')}", file=sys.stderr)
+        except CheckpointNotFoundError as error:
+            print(f"error: {error}", file=sys.stderr)
             return None
     pipe = pipe.to(settings.device)
     pipe.set_progress_bar_config(disable=True)  # one bar over all runs instead

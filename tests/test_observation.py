@@ -307,7 +307,7 @@ def test_gate_sweep_counts_macs_like_eval_macs_and_its_last_gate_is_stock():
         (["--gates", "0"], "steps are counted from 1"),
         (["--guidance", "-1"], "--guidance must be >= 0"),
         (["--resolution", "30"], "--resolution must be a positive multiple of 8"),
-        (["--weights", "somewhere"], "drop --weights or --tiny"),
+        (["--checkpoint", "somewhere"], "drop --checkpoint or --tiny"),
         (["--model", "sd3"], "invalid choice: 'sd3'"),
         (["--parts", "everything"], "invalid choice: 'everything'"),
         (["--dtype", "float16", "--device", "cpu"], "float16 does not run on the CPU"),
@@ -323,6 +323,6 @@ def test_bad_arguments_exit_with_a_short_message(capsys, argv, message):
 
 def test_missing_weights_name_the_folder_and_how_to_provide_them(tmp_path, capsys):
     missing = tmp_path / "no-such-checkpoint"
-    assert observation.main(["--model", "sd15", "--weights", str(missing), "--out", str(tmp_path)]) == 2
+    assert observation.main(["--model", "sd15", "--checkpoint", str(missing), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert str(missing) in err and "--weights PATH" in err and "--tiny" in err and "Traceback" not in err
+    assert str(missing) in err and "--checkpoint PATH" in err and "--tiny" in err and "Traceback" not in err
