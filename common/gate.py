@@ -150,39 +150,54 @@ def cross_attention_modules(denoiser: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 @contextlib.contextmanager
+def wrapped_scheduler_step(scheduler: Any, wrap: Callable[[Callable], Callable]) -> Iterator[None]:
+    """Replace ``scheduler.step`` by ``wrap(step)`` inside the block; restore it on exit.
+
+    Every diffusers sampling loop ends each of its steps with exactly one ``scheduler.step`` call, so this
+    is where the loop's step index can be read. The wrapper keeps ``step``'s signature: pipelines inspect it
+    to decide whether to pass ``eta`` and ``generator``.
+    """
+    step = scheduler.step
+    had_step_attribute = "step" in scheduler.__dict__
+    scheduler.step = functools.wraps(step)(wrap(step))
+    try:
+        yield
+    finally:
+        if had_step_attribute:
+            scheduler.step = step
+        else:
+            del scheduler.step
+
+
+@contextlib.contextmanager
 def gated_sampling(
     denoiser: torch.nn.Module, scheduler: Any, gate_step: int, guided: bool
 ) -> Iterator[GateState]:
     """Install TGATE on ``denoiser`` for one sampling run driven by ``scheduler``; remove it on exit.
 
-    The step index comes from the sampling loop: every diffusers sampling loop ends each of its steps
-    with exactly one ``scheduler.step`` call, so the state advances there.
+    The step index comes from the sampling loop: the state advances after each ``scheduler.step`` call.
     """
     state = GateState(check_gate_step(gate_step), guided)
     modules = cross_attention_modules(denoiser)
     if not modules:
         raise ValueError(f"{type(denoiser).__name__} has no cross-attention module for TGATE to gate.")
+
+    def advancing_the_state(step: Callable) -> Callable:
+        def step_and_advance(*args, **kwargs):
+            output = step(*args, **kwargs)
+            state.step += 1
+            return output
+
+        return step_and_advance
+
     hooked: list[_InstalledHook] = []
-    scheduler_step = scheduler.step
-    scheduler_had_step_attribute = "step" in scheduler.__dict__
     try:
         hooked.append(_InstalledHook.register(denoiser, GuidanceCutHook(state), _GUIDANCE_CUT_HOOK))
         for module in modules:
             hooked.append(_InstalledHook.register(module, CrossAttentionGateHook(state), _CROSS_ATTENTION_HOOK))
-
-        @functools.wraps(scheduler_step)  # keeps step's signature: pipelines read it to pass eta and generator
-        def step_and_advance(*args, **kwargs):
-            output = scheduler_step(*args, **kwargs)
-            state.step += 1
-            return output
-
-        scheduler.step = step_and_advance
-        yield state
+        with wrapped_scheduler_step(scheduler, advancing_the_state):
+            yield state
     finally:
-        if scheduler_had_step_attribute:
-            scheduler.step = scheduler_step
-        else:
-            scheduler.__dict__.pop("step", None)
         for installed in reversed(hooked):
             installed.remove()
         if hasattr(denoiser, "_diffusers_hook"):

@@ -13,14 +13,13 @@ SD, SDXL, PixArt and LCM families:
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import torch
 
-from common.gate import cross_attention_modules, merge_guidance_halves
+from common.gate import cross_attention_modules, merge_guidance_halves, wrapped_scheduler_step
 
 # Denoiser inputs that carry the text: token embeddings and their mask (PixArt's T5), and SDXL's pooled
 # text embedding inside ``added_cond_kwargs``. Size and guidance-scale conditions are not text.
@@ -60,28 +59,22 @@ def watch_scheduler_steps(scheduler: Any, *on_step: Callable[[StepRecord], None]
     tuple gets ``output.to_tuple()``, which is the tuple diffusers' schedulers return.
     """
     clock = StepClock()
-    step = scheduler.step
-    had_instance_attribute = "step" in scheduler.__dict__
 
-    @functools.wraps(step)  # keeps the signature, which pipelines inspect for eta and generator
-    def watched_step(model_output, timestep, sample, *args, **kwargs):
-        wants_dataclass = kwargs.pop("return_dict", True)
-        output = step(model_output, timestep, sample, *args, return_dict=True, **kwargs)
-        record = StepRecord(clock.index, timestep, model_output, sample, output)
-        for callback in on_step:
-            callback(record)
-        clock.timesteps.append(float(timestep))
-        clock.index += 1
-        return output if wants_dataclass else output.to_tuple()
+    def watching(step: Callable) -> Callable:
+        def watched_step(model_output, timestep, sample, *args, **kwargs):
+            wants_dataclass = kwargs.pop("return_dict", True)
+            output = step(model_output, timestep, sample, *args, return_dict=True, **kwargs)
+            record = StepRecord(clock.index, timestep, model_output, sample, output)
+            for callback in on_step:
+                callback(record)
+            clock.timesteps.append(float(timestep))
+            clock.index += 1
+            return output if wants_dataclass else output.to_tuple()
 
-    scheduler.step = watched_step
-    try:
+        return watched_step
+
+    with wrapped_scheduler_step(scheduler, watching):
         yield clock
-    finally:
-        if had_instance_attribute:
-            scheduler.step = step
-        else:
-            del scheduler.step
 
 
 # --- The predicted clean image -------------------------------------------------------------------------------
