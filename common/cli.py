@@ -15,11 +15,10 @@ import torch
 from PIL import Image, ImageDraw
 
 from .gate import check_gate_step
-from .models import CheckpointNotFoundError, ModelSpec, get_model
+from .models import TOY_MODEL, CheckpointNotFoundError, ModelSpec, get_model
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 TINY_WARNING = "[--tiny] tiny random components, not the real model: the image is noise, only the code path runs."
-TOY_MODEL = "toy"  # --model toy: the toy checkpoint committed in eval/toy/checkpoint/, no download
 TOY_NOTE = ("[--model toy] the toy checkpoint trained here on scikit-learn's 8x8 digits (16x16 images), "
             "not a paper model")
 

@@ -16,6 +16,7 @@ import torch
 
 COMMON_DIR = Path(__file__).resolve().parent
 CONFIG_ROOT = COMMON_DIR / "model_configs"
+TOY_MODEL = "toy"  # the registry key of the toy digits model (not in the paper)
 TOY_CHECKPOINT = COMMON_DIR.parent / "eval" / "toy" / "checkpoint"  # trained here by eval/toy/train.py
 PAPER = json.loads((COMMON_DIR / "paper_results.json").read_text())
 

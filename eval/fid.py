@@ -32,7 +32,7 @@ from PIL import Image  # noqa: E402
 
 from common.cli import DTYPES, device_name, resolve_device_and_dtype  # noqa: E402
 from common.gate import check_gate_step  # noqa: E402
-from common.models import MODELS, CheckpointNotFoundError, ModelSpec, get_model  # noqa: E402
+from common.models import MODELS, TOY_MODEL, CheckpointNotFoundError, ModelSpec, get_model  # noqa: E402
 from eval.fid_data import (  # noqa: E402
     CaptionRecord, CaptionSourceError, CocoCaptions, center_crop_resize, read_captions, write_captions,
     write_json_atomically,
@@ -45,7 +45,6 @@ from eval.fid_generate import generate_images, generation_totals, image_path, mi
 from eval.fid_toy import DigitFeatures, ToyDigitCaptions, classifier_weights  # noqa: E402
 
 PAPER_N = 10_000
-TOY_MODEL = "toy"  # its benchmark: scikit-learn's digits and toy-FD (eval/fid_toy.py), not COCO and FID
 TINY_WARNING = "[--tiny] tiny random components, not the real model: the images are noise and the FID means nothing."
 VERSIONED = ["torch", "diffusers", "transformers", "accelerate", "pytorch-fid", "pycocotools", "numpy", "scipy", "pillow"]
 

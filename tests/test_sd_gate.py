@@ -10,6 +10,7 @@ from common.gate import cross_attention_modules
 from common.tiny import tiny_sd_components
 from SD_1_5.pipeline import TgateStableDiffusionPipeline
 from SD_2_1.pipeline import TgateStableDiffusionPipeline as TgateSD21Pipeline
+from tests.tgate_checks import pipeline_is_stock, quiet
 
 STEPS = 6
 PROMPT = "a coral reef"
@@ -18,11 +19,6 @@ PROMPT = "a coral reef"
 @pytest.fixture
 def components():
     return tiny_sd_components(seed=0)
-
-
-def quiet(pipe):
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def run(pipe, seed=0, **kwargs):
@@ -197,13 +193,6 @@ def test_custom_attention_processor_still_runs_before_the_gate(components):
     run(pipe, gate_step=2)
     assert CountingProcessor.calls == 2 * len(cross)
     assert all(isinstance(module.processor, CountingProcessor) for module in cross)
-
-
-def pipeline_is_stock(pipe):
-    modules = [pipe.unet, *cross_attention_modules(pipe.unet)]
-    return not any("forward" in m.__dict__ or hasattr(m, "_diffusers_hook") for m in modules) and (
-        "step" not in pipe.scheduler.__dict__
-    )
 
 
 def test_plain_call_after_a_tgate_call_equals_a_fresh_stock_pipeline(components):
