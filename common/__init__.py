@@ -1,6 +1,15 @@
-"""Shared TGATE code: the gate (hooks for one sampling run) and the pipeline mixin every model folder uses."""
+"""The shared TGATE gate and pipeline mixin every model folder builds on."""
 
-from .gate import GateState, check_gate_step, cross_attention_modules, gated_sampling
+from .gate import TgateCall, check_gate_step, cross_attention_modules, gated_sampling, self_attention_modules
 from .pipeline import TgateMixin
+from .schedule import TgateSchedule
 
-__all__ = ["GateState", "TgateMixin", "check_gate_step", "cross_attention_modules", "gated_sampling"]
+__all__ = [
+    "TgateCall",
+    "TgateMixin",
+    "TgateSchedule",
+    "check_gate_step",
+    "cross_attention_modules",
+    "gated_sampling",
+    "self_attention_modules",
+]

@@ -1,68 +1,103 @@
-"""The TGATE gate: cache cross-attention at the gate step, then reuse it and drop classifier-free guidance.
+"""The TGATE gate: hooks that make a denoiser's attention modules obey a :class:`~common.schedule.StepPlan`.
 
-For a sampling run with gate step ``g``:
+One :class:`TgateCall` holds everything of one sampling run: its schedule, the step in progress (the
+pipeline's own count, read from its progress bar), the pipeline's guidance state at that step, and the
+attention caches. The call travels with the thread that runs it (a ``ContextVar``), never with the modules:
 
-- steps ``i < g`` run as stock (guided on ``[uncond, cond]`` when guidance is on);
-- at step ``g - 1`` every cross-attention module caches its output: the mean of the uncond and cond halves
-  under guidance, the output itself without guidance;
-- steps ``i >= g``: every cross-attention module returns its cache, and under guidance the denoiser runs
-  the unconditional (negative) half only; its prediction is handed back for both halves, so the pipeline's
-  guidance formula ``uncond + s * (cond - uncond)`` returns it unchanged.
+- the hooks, on diffusers' own ``HookRegistry``, are shared by every call on a denoiser. They are installed
+  when the first TGATE call on that denoiser starts and removed when the last one ends; a call that is not a
+  TGATE call (no active :class:`TgateCall` in its thread) passes straight through them, bit for bit stock.
+  So stock and TGATE requests can share one denoiser across threads (diffusers' ``from_pipe`` server pattern).
+- the hooks branch on the plan's few values (compute / cache / reuse, single branch or not), never on the step
+  number, so ``torch.compile`` of the denoiser needs one graph per kind of step, whatever the step count or
+  gate.
 
-Everything is installed on the denoiser for one sampling run by :func:`gated_sampling` and removed in its
-``finally``: afterwards the modules are stock again. The hooks use diffusers' own ``HookRegistry``, so they
-wrap whatever ``forward`` and attention processor are installed (IP-Adapter, LoRA scales, offloading).
+Per evaluation of the denoiser (several per step for Heun, DPM-SDE, PNDM's first step):
+
+1. the denoiser-level hook reads the plan of the current step and the pipeline's guidance state;
+2. after the gate under guidance it runs the negative half of the batch only, and hands its prediction back
+   for both halves, so the pipeline's guidance formula ``uncond + s * (cond - uncond)`` returns it unchanged;
+3. every attention module computes, caches (the mean of the uncond and cond halves at the last guided step)
+   or returns its cache, as the plan says.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
-import numbers
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.models.attention import AttentionModuleMixin
 from diffusers.models.attention_processor import Attention
 
-_CROSS_ATTENTION_HOOK = "tgate_cross_attention"
-_GUIDANCE_CUT_HOOK = "tgate_guidance_cut"
+from .schedule import CACHE, COMPUTE, REUSE, StepPlan, TgateSchedule, check_gate_step
+
+__all__ = [
+    "TgateCall",
+    "TgateSchedule",
+    "check_gate_step",
+    "cross_attention_modules",
+    "gated_sampling",
+    "merge_guidance_halves",
+    "self_attention_modules",
+]
+
+_ATTENTION_HOOK = "tgate_attention"
+_ACTIVE_CALL: contextvars.ContextVar["TgateCall | None"] = contextvars.ContextVar("tgate_call", default=None)
 
 
-def check_gate_step(gate_step: Any) -> int:
-    """Return ``gate_step`` if it is a valid gate step (an int >= 1), else raise a ``ValueError``."""
-    if isinstance(gate_step, bool) or not isinstance(gate_step, numbers.Integral):
-        raise ValueError(
-            f"gate_step must be an int >= 1 (or None for the stock pipeline), got {gate_step!r} "
-            f"of type {type(gate_step).__name__}."
-        )
-    if gate_step < 1:
-        raise ValueError(
-            f"gate_step must be >= 1: it is the number of guided steps run before the gate, got {gate_step}. "
-            "Use gate_step=None (or a value >= num_inference_steps) for the stock pipeline."
-        )
-    return int(gate_step)
+@dataclass(eq=False)
+class TgateCall:
+    """The state of one TGATE sampling run, shared by every hook while it runs in this thread."""
+
+    schedule: TgateSchedule
+    guided: Callable[[], bool]  # the pipeline's guidance state now (callbacks may end guidance mid-run)
+    step: int = 0  # the pipeline's step in progress: its progress-bar count
+    follows_loop: bool = False  # set once the sampling loop's progress bar is followed
+    plan: StepPlan | None = None  # the plan of the denoiser evaluation in progress
+    guided_now: bool = False  # whether that evaluation runs the guidance batch
+    caches: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def begin_evaluation(self) -> StepPlan:
+        """Called as the denoiser starts: fix the plan and guidance of this evaluation for every hook."""
+        if not self.follows_loop:
+            raise RuntimeError(
+                "TGATE cannot see this pipeline's sampling loop (it counts steps on the pipeline's progress bar, "
+                "which was never opened), so it cannot tell where the gate is. Gate a pipeline class built with "
+                "common.pipeline.TgateMixin, or call the stock pipeline without gate_step."
+            )
+        self.plan = self.schedule.plan(self.step)
+        self.guided_now = self.guided()
+        return self.plan
+
+    def follow(self, progress_bar: Any) -> Any:
+        """Count steps on the sampling loop's progress bar (``total=`` or iterable form); a new bar restarts."""
+        self.step, self.follows_loop, self.caches = 0, True, {}
+        if getattr(progress_bar, "iterable", None) is None:
+            update = progress_bar.update
+
+            def update_and_advance(n: int = 1):
+                self.step += n
+                return update(n)
+
+            progress_bar.update = update_and_advance
+            return progress_bar
+        return self._advancing(progress_bar)
+
+    def _advancing(self, progress_bar: Iterable) -> Iterator:
+        for index, item in enumerate(progress_bar):
+            self.step = index
+            yield item
 
 
-@dataclass
-class GateState:
-    """The state of one sampling run, shared by every hook of that run."""
-
-    gate_step: int
-    guided: bool
-    step: int = 0  # index of the sampling-loop step in progress
-
-    @property
-    def caching(self) -> bool:
-        """True during the last step before the gate, when cross-attention outputs are cached."""
-        return self.step == self.gate_step - 1
-
-    @property
-    def gated(self) -> bool:
-        """True from the gate on: cached cross-attention, no guidance branch."""
-        return self.step >= self.gate_step
+def active_call() -> TgateCall | None:
+    """The TGATE call running in this thread, if any."""
+    return _ACTIVE_CALL.get()
 
 
 def merge_guidance_halves(output: torch.Tensor) -> torch.Tensor:
@@ -71,48 +106,63 @@ def merge_guidance_halves(output: torch.Tensor) -> torch.Tensor:
     return (uncond + cond) / 2
 
 
-class CrossAttentionGateHook(ModelHook):
-    """Runs a cross-attention module until the gate, caches its output at step ``gate - 1``, then returns it."""
+class AttentionGateHook(ModelHook):
+    """Makes one attention module compute, cache or reuse its output as the active call's plan says."""
 
-    def __init__(self, state: GateState) -> None:
+    def __init__(self, key: int, cross: bool) -> None:
         super().__init__()
-        self.state = state
-        self.cache: torch.Tensor | None = None
+        self.key, self.cross = key, cross
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs) -> torch.Tensor:
-        if self.state.gated:
-            if self.cache is None:
+        call = _ACTIVE_CALL.get()
+        if call is None:
+            return self.fn_ref.original_forward(*args, **kwargs)
+        plan = call.plan
+        action = plan.cross_attention if self.cross else plan.self_attention
+        if action == REUSE:
+            cache = call.caches.get(self.key)
+            # Self-attention caches from guided steps do not fit a single-branch batch (guidance ended by a
+            # callback before a cache refresh): compute then, as the official schedule would have to.
+            if cache is not None and (self.cross or cache.shape[0] == _batch_size(args, kwargs)):
+                return cache
+            if self.cross:
                 raise RuntimeError(
-                    f"TGATE reached step {self.state.step} without a cached cross-attention output; "
-                    f"the step {self.state.gate_step - 1} before the gate never ran."
+                    f"TGATE reached step {call.step} without a cached cross-attention output; "
+                    f"the step {call.schedule.gate_step - 1} before the gate never ran."
                 )
-            return self.cache
+            action = CACHE
         output = self.fn_ref.original_forward(*args, **kwargs)
-        if self.state.caching:
+        if action == CACHE:
             if not torch.is_tensor(output):
-                raise TypeError(f"TGATE caches tensor outputs of cross-attention, got {type(output).__name__}.")
-            self.cache = merge_guidance_halves(output) if self.state.guided else output
+                raise TypeError(f"TGATE caches tensor outputs of attention, got {type(output).__name__}.")
+            call.caches[self.key] = merge_guidance_halves(output) if plan.merge_halves and call.guided_now else output
         return output
 
 
-class GuidanceCutHook(ModelHook):
-    """After the gate under guidance: run the denoiser on the unconditional half of the batch only."""
+def _batch_size(args: tuple, kwargs: dict) -> int:
+    hidden_states = args[0] if args else kwargs["hidden_states"]
+    return hidden_states.shape[0]
 
-    def __init__(self, state: GateState) -> None:
-        super().__init__()
-        self.state = state
 
-    def new_forward(self, module: torch.nn.Module, *args, **kwargs) -> Any:
-        if not (self.state.guided and self.state.gated):
-            return self.fn_ref.original_forward(*args, **kwargs)
-        batch = _first_tensor((args, kwargs)).shape[0]
-        if batch % 2:
-            raise RuntimeError(f"a guidance batch has an even size, the denoiser got {batch} samples.")
-        # diffusers orders guidance batches [negative x B, positive x B]: keep the negative half.
-        take_first_half = _on_batch_tensors(batch, lambda t: t[: batch // 2])
-        output = self.fn_ref.original_forward(*take_first_half(args), **take_first_half(kwargs))
-        # Both halves equal: the pipeline's guidance formula then returns this prediction as is.
-        return _on_batch_tensors(batch // 2, lambda t: torch.cat([t, t]))(output)
+def _denoiser_forward(original: Callable, *args, **kwargs) -> Any:
+    """The denoiser's forward while TGATE hooks are installed: plan the evaluation, cut guidance after the gate."""
+    call = _ACTIVE_CALL.get()
+    if call is None:
+        return original(*args, **kwargs)
+    plan = call.begin_evaluation()
+    if not (plan.single_branch and call.guided_now):
+        return original(*args, **kwargs)
+    batch = _first_tensor((args, kwargs)).shape[0]
+    if batch % 2:
+        raise RuntimeError(
+            f"the pipeline says guidance is on, so its denoiser batch [negative, positive] must have an even "
+            f"size, but the denoiser got {batch} samples: TGATE cannot tell the two branches apart."
+        )
+    # diffusers orders guidance batches [negative x B, positive x B]: keep the negative half.
+    take_first_half = _on_batch_tensors(batch, lambda t: t[: batch // 2])
+    output = original(*take_first_half(args), **take_first_half(kwargs))
+    # Both halves equal: the pipeline's guidance formula then returns this prediction as is.
+    return _on_batch_tensors(batch // 2, lambda t: torch.cat([t, t]))(output)
 
 
 def _first_tensor(tree: Any) -> torch.Tensor:
@@ -140,68 +190,107 @@ def _on_batch_tensors(batch: int, fn: Callable[[torch.Tensor], torch.Tensor]) ->
     return apply
 
 
+def _attention_modules(denoiser: torch.nn.Module) -> Iterator[tuple[str, torch.nn.Module]]:
+    for name, module in denoiser.named_modules():
+        if isinstance(module, (Attention, AttentionModuleMixin)):
+            yield name, module
+
+
 def cross_attention_modules(denoiser: torch.nn.Module) -> list[torch.nn.Module]:
     """Every cross-attention module of a denoiser (the ``attn2`` of each transformer block)."""
+    return [module for _, module in _attention_modules(denoiser) if getattr(module, "is_cross_attention", False)]
+
+
+def self_attention_modules(denoiser: torch.nn.Module) -> list[torch.nn.Module]:
+    """Every self-attention module of a transformer block (its ``attn1``): what TGATE-V2 caches."""
     return [
         module
-        for module in denoiser.modules()
-        if isinstance(module, (Attention, AttentionModuleMixin)) and getattr(module, "is_cross_attention", False)
+        for name, module in _attention_modules(denoiser)
+        if name.rpartition(".")[2] == "attn1" and not getattr(module, "is_cross_attention", False)
     ]
 
 
-@contextlib.contextmanager
-def wrapped_scheduler_step(scheduler: Any, wrap: Callable[[Callable], Callable]) -> Iterator[None]:
-    """Replace ``scheduler.step`` by ``wrap(step)`` inside the block; restore it on exit.
+class _Installation:
+    """TGATE's hooks on one denoiser, shared by the calls running on it; removed when the last one ends."""
 
-    Every diffusers sampling loop ends each of its steps with exactly one ``scheduler.step`` call, so this
-    is where the loop's step index can be read. The wrapper keeps ``step``'s signature: pipelines inspect it
-    to decide whether to pass ``eta`` and ``generator``.
-    """
-    step = scheduler.step
-    had_step_attribute = "step" in scheduler.__dict__
-    scheduler.step = functools.wraps(step)(wrap(step))
+    def __init__(self, denoiser: torch.nn.Module) -> None:
+        self.denoiser, self.users = denoiser, 0
+        self.modules = [(m, True) for m in cross_attention_modules(denoiser)]
+        self.modules += [(m, False) for m in self_attention_modules(denoiser)]
+        if not any(cross for _, cross in self.modules):
+            raise ValueError(f"{type(denoiser).__name__} has no cross-attention module for TGATE to gate.")
+
+    def install(self) -> None:
+        # The denoiser-level hook is a plain forward wrapper, not a HookRegistry hook: it must sit outside a
+        # torch.compile'd denoiser (an OptimizedModule forwards registry attributes to the inner module).
+        self.had_forward = "forward" in self.denoiser.__dict__
+        self.original_forward = self.denoiser.forward
+        self.denoiser.forward = functools.update_wrapper(
+            functools.partial(_denoiser_forward, self.original_forward), self.original_forward
+        )
+        self.hooked: list[_InstalledHook] = []
+        try:
+            for module, cross in self.modules:
+                hook = AttentionGateHook(id(module), cross)
+                self.hooked.append(_InstalledHook.register(module, hook, _ATTENTION_HOOK))
+        except BaseException:
+            self.remove()
+            raise
+
+    def remove(self) -> None:
+        for installed in reversed(self.hooked):
+            installed.remove()
+        if self.had_forward:
+            self.denoiser.forward = self.original_forward
+        else:
+            del self.denoiser.forward
+        if hasattr(self.denoiser, "_diffusers_hook"):
+            self.denoiser._diffusers_hook.invalidate_child_registries_cache()
+
+
+_INSTALLATIONS: dict[int, _Installation] = {}
+_INSTALL_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _hooks_on(denoiser: torch.nn.Module) -> Iterator[None]:
+    with _INSTALL_LOCK:
+        installation = _INSTALLATIONS.get(id(denoiser)) or _Installation(denoiser)
+        if installation.users == 0:
+            installation.install()
+            _INSTALLATIONS[id(denoiser)] = installation
+        installation.users += 1
     try:
         yield
     finally:
-        if had_step_attribute:
-            scheduler.step = step
-        else:
-            del scheduler.step
+        with _INSTALL_LOCK:
+            installation.users -= 1
+            if installation.users == 0:
+                del _INSTALLATIONS[id(denoiser)]
+                installation.remove()
 
 
 @contextlib.contextmanager
 def gated_sampling(
-    denoiser: torch.nn.Module, scheduler: Any, gate_step: int, guided: bool
-) -> Iterator[GateState]:
-    """Install TGATE on ``denoiser`` for one sampling run driven by ``scheduler``; remove it on exit.
+    denoiser: torch.nn.Module, schedule: TgateSchedule | int, guided: Callable[[], bool] | bool
+) -> Iterator[TgateCall]:
+    """Run TGATE on ``denoiser`` for one sampling run in this thread; everything is removed on exit.
 
-    The step index comes from the sampling loop: the state advances after each ``scheduler.step`` call.
+    ``guided`` is the pipeline's guidance state, read at every denoiser evaluation (or a constant). The
+    call's step is the pipeline's step: :meth:`TgateCall.follow` counts it on the loop's progress bar (the
+    pipeline classes do this); code that drives the denoiser itself sets ``call.step`` and
+    ``call.follows_loop``.
     """
-    state = GateState(check_gate_step(gate_step), guided)
-    modules = cross_attention_modules(denoiser)
-    if not modules:
-        raise ValueError(f"{type(denoiser).__name__} has no cross-attention module for TGATE to gate.")
-
-    def advancing_the_state(step: Callable) -> Callable:
-        def step_and_advance(*args, **kwargs):
-            output = step(*args, **kwargs)
-            state.step += 1
-            return output
-
-        return step_and_advance
-
-    hooked: list[_InstalledHook] = []
-    try:
-        hooked.append(_InstalledHook.register(denoiser, GuidanceCutHook(state), _GUIDANCE_CUT_HOOK))
-        for module in modules:
-            hooked.append(_InstalledHook.register(module, CrossAttentionGateHook(state), _CROSS_ATTENTION_HOOK))
-        with wrapped_scheduler_step(scheduler, advancing_the_state):
-            yield state
-    finally:
-        for installed in reversed(hooked):
-            installed.remove()
-        if hasattr(denoiser, "_diffusers_hook"):
-            denoiser._diffusers_hook.invalidate_child_registries_cache()
+    if _ACTIVE_CALL.get() is not None:
+        raise RuntimeError("a TGATE call is already running in this thread; TGATE calls do not nest.")
+    schedule = schedule if isinstance(schedule, TgateSchedule) else TgateSchedule(schedule)
+    call = TgateCall(schedule, guided if callable(guided) else (lambda: guided))
+    with _hooks_on(denoiser):
+        token = _ACTIVE_CALL.set(call)
+        try:
+            yield call
+        finally:
+            _ACTIVE_CALL.reset(token)
 
 
 @dataclass

@@ -1,24 +1,52 @@
-"""`TgateMixin`: adds TGATE's `gate_step` to a diffusers pipeline class, around `super().__call__()`."""
+"""`TgateMixin`: adds TGATE's parameters to a diffusers pipeline class, around `super().__call__()`."""
 
 from __future__ import annotations
 
+import functools
 import inspect
+from typing import Any, Callable
 
 import torch
 
-from .gate import check_gate_step, gated_sampling
+from .gate import active_call, gated_sampling
+from .schedule import TgateSchedule
+
+TGATE_PARAMETERS = {"gate_step": None, "sp_interval": 1, "fi_interval": 1, "warm_up": 0}
+
+TGATE_DOCSTRING = """
+        TGATE (keyword-only, added to the stock arguments above):
+            gate_step (`int`, *optional*, defaults to `None`):
+                The gate: steps `0 .. gate_step - 1` run as stock; at step `gate_step - 1` every cross-attention
+                module caches its output (the mean of its unconditional and conditional halves under guidance);
+                from step `gate_step` on it returns that cache and classifier-free guidance is dropped (the
+                denoiser runs the negative branch only). Steps are the pipeline's own (its progress bar: after
+                `strength` or `denoising_end`), whatever the scheduler evaluates per step. `None` is the stock
+                pipeline; `gate_step >= num_inference_steps` gives the stock output bit for bit.
+            sp_interval (`int`, *optional*, defaults to 1):
+                TGATE-V2: before the gate, self-attention is computed (and cached) every `sp_interval` steps
+                after the warm-up, and returns its cache in between. 1 computes it every step (v1).
+            fi_interval (`int`, *optional*, defaults to 1):
+                TGATE-V2: after the gate, self-attention is computed (and cached) every `fi_interval` steps.
+            warm_up (`int`, *optional*, defaults to 0):
+                TGATE-V2: the first `warm_up` steps compute self-attention without caching it.
+"""
 
 
 class TgateMixin:
-    """Mix in before a diffusers text-to-image pipeline class to give its ``__call__`` a ``gate_step``.
+    """Mix in before a diffusers pipeline class to give its ``__call__`` TGATE's keyword-only parameters.
 
     ``pipe(..., gate_step=None)`` is the stock pipeline; ``gate_step=g`` runs ``g`` stock steps, caches
-    cross-attention at step ``g - 1`` and runs the remaining steps with the cache and without guidance.
-    ``gate_step >= num_inference_steps`` gives the stock output bit for bit. The denoiser is ``unet`` or
+    cross-attention at step ``g - 1`` and runs the remaining steps with the cache and without guidance
+    (``sp_interval``, ``fi_interval``, ``warm_up`` add TGATE-V2's self-attention caching). The subclass keeps
+    the stock ``__call__``'s signature and docstring, plus TGATE's. The denoiser is ``unet`` or
     ``transformer``, whichever the pipeline has; everything else is the parent pipeline's own code.
 
     To gate an already-built stock pipeline, share its components: ``TgateX.from_pipe(stock_pipe)``.
     """
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.__call__ = _tgate_call_for(super(TgateMixin, cls).__call__)
 
     @property
     def denoiser(self) -> torch.nn.Module:
@@ -37,12 +65,50 @@ class TgateMixin:
         """
         return guidance_scale > 1 and getattr(self.denoiser.config, "time_cond_proj_dim", None) is None
 
-    def __call__(self, *args, gate_step: int | None = None, **kwargs):
-        if gate_step is None:
-            return super().__call__(*args, **kwargs)
-        check_gate_step(gate_step)
-        call = inspect.signature(super().__call__).bind(*args, **kwargs)
+    def guidance_state(self, guidance_scale: float) -> Callable[[], bool]:
+        """The pipeline's guidance state, to be read at every step.
+
+        SD and SDXL read their ``do_classifier_free_guidance`` property at every step, and callbacks may end
+        guidance by changing ``_guidance_scale`` (diffusers' CFG cut-off callbacks); PixArt decides once.
+        """
+        if isinstance(getattr(type(self), "do_classifier_free_guidance", None), property):
+            return lambda: self.do_classifier_free_guidance
+        guided = self.uses_guidance(guidance_scale)
+        return lambda: guided
+
+    def progress_bar(self, iterable=None, total=None):
+        """The stock progress bar; during a TGATE call, also the clock that counts the gate's steps."""
+        bar = super().progress_bar(iterable=iterable, total=total)
+        call = active_call()
+        return bar if call is None else call.follow(bar)
+
+    def _tgate_call(self, stock_call: Callable, args: tuple, kwargs: dict, tgate: dict[str, Any]):
+        if tgate["gate_step"] is None:
+            if any(tgate[name] != TGATE_PARAMETERS[name] for name in ("sp_interval", "fi_interval", "warm_up")):
+                raise ValueError("sp_interval, fi_interval and warm_up are TGATE-V2 settings: they need a gate_step.")
+            return stock_call(self, *args, **kwargs)
+        schedule = TgateSchedule(**tgate)
+        call = inspect.signature(stock_call).bind(self, *args, **kwargs)
         call.apply_defaults()
-        guided = self.uses_guidance(call.arguments["guidance_scale"])
-        with gated_sampling(self.denoiser, self.scheduler, gate_step, guided):
-            return super().__call__(*args, **kwargs)
+        guided = self.guidance_state(call.arguments.get("guidance_scale", 1.0))
+        with gated_sampling(self.denoiser, schedule, guided):
+            return stock_call(self, *args, **kwargs)
+
+
+def _tgate_call_for(stock_call: Callable) -> Callable:
+    """A ``__call__`` with ``stock_call``'s signature and docstring plus TGATE's keyword-only parameters."""
+
+    def __call__(self, *args, **kwargs):
+        tgate = {name: kwargs.pop(name, default) for name, default in TGATE_PARAMETERS.items()}
+        return self._tgate_call(stock_call, args, kwargs, tgate)
+
+    functools.update_wrapper(__call__, stock_call)
+    del __call__.__wrapped__  # inspect.signature must show the TGATE parameters, not the stock ones
+    stock = inspect.signature(stock_call)
+    parameters = list(stock.parameters.values())
+    tail = [p for p in parameters if p.kind is inspect.Parameter.VAR_KEYWORD]
+    head = [p for p in parameters if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    tgate = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d) for n, d in TGATE_PARAMETERS.items()]
+    __call__.__signature__ = stock.replace(parameters=head + tgate + tail)
+    __call__.__doc__ = (stock_call.__doc__ or "").rstrip() + "\n" + TGATE_DOCSTRING
+    return __call__

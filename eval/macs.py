@@ -37,6 +37,7 @@ from common.architectures import (  # noqa: E402
     VAE_SCALE_FACTOR, ConfigNotFoundError, build_denoiser, denoiser_inputs, vae_scale_factor,
 )
 from common.gate import check_gate_step, cross_attention_modules, gated_sampling  # noqa: E402
+from common.schedule import TgateSchedule  # noqa: E402
 from common.models import MODELS, PAPER_MODELS, ModelSpec, get_model  # noqa: E402
 from common.pipeline import TgateMixin  # noqa: E402
 
@@ -76,13 +77,6 @@ def count_forward_macs(denoiser: torch.nn.Module, inputs: dict[str, Any]) -> int
         counter.end_flops_calculate()
 
 
-class _StepClock:
-    """Stands in for the scheduler: ``gated_sampling`` advances its step index on each ``step`` call."""
-
-    def step(self, *args, **kwargs) -> None:
-        return None
-
-
 def forward_macs(denoiser: torch.nn.Module, resolution: int, guided: bool,
                  vae_factor: int = VAE_SCALE_FACTOR) -> ForwardMacs:
     """Count one forward of each step kind of a TGATE run with gate 2: steps 0 (guided), 1 (caching), 2 (gated).
@@ -91,12 +85,12 @@ def forward_macs(denoiser: torch.nn.Module, resolution: int, guided: bool,
     so these three counts give the MACs of a run of any length with any gate, and of the stock run.
     """
     inputs = denoiser_inputs(denoiser, 2 if guided else 1, resolution, vae_factor=vae_factor)
-    clock = _StepClock()
     counts = []
-    with gated_sampling(denoiser, clock, gate_step=2, guided=guided):
-        for _ in range(3):
+    with gated_sampling(denoiser, TgateSchedule(gate_step=2), guided) as call:
+        call.follows_loop = True  # this loop is the sampling loop: it sets the step itself
+        for step in range(3):
+            call.step = step
             counts.append(count_forward_macs(denoiser, inputs))
-            clock.step()
     return ForwardMacs(*counts)
 
 

@@ -13,13 +13,14 @@ SD, SDXL, PixArt and LCM families:
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import torch
 
-from common.gate import cross_attention_modules, merge_guidance_halves, wrapped_scheduler_step
+from common.gate import cross_attention_modules, merge_guidance_halves
 
 # Denoiser inputs that carry the text: token embeddings and their mask (PixArt's T5), and SDXL's pooled
 # text embedding inside ``added_cond_kwargs``. Size and guidance-scale conditions are not text.
@@ -49,6 +50,26 @@ class StepRecord:
 class StepClock:
     index: int = 0  # the step in progress
     timesteps: list[float] = field(default_factory=list)  # the timestep of each finished step
+
+
+@contextlib.contextmanager
+def wrapped_scheduler_step(scheduler: Any, wrap: Callable[[Callable], Callable]) -> Iterator[None]:
+    """Replace ``scheduler.step`` by ``wrap(step)`` inside the block; restore it on exit.
+
+    Every diffusers sampling loop ends each of its steps with exactly one ``scheduler.step`` call, so this
+    is where the loop's step index can be read. The wrapper keeps ``step``'s signature: pipelines inspect it
+    to decide whether to pass ``eta`` and ``generator``.
+    """
+    step = scheduler.step
+    had_step_attribute = "step" in scheduler.__dict__
+    scheduler.step = functools.wraps(step)(wrap(step))
+    try:
+        yield
+    finally:
+        if had_step_attribute:
+            scheduler.step = step
+        else:
+            del scheduler.step
 
 
 @contextlib.contextmanager
