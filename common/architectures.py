@@ -99,7 +99,7 @@ def vae_scale_factor(spec: ModelSpec) -> int:
 
     The LCM config folders hold their denoiser only; their VAEs (SDXL's, PixArt's) are the table's 8x.
     """
-    config = spec.config_dir / "vae" / "config.json"
+    config = spec.component_config_dir("vae") / "config.json"
     if not config.is_file():
         return VAE_SCALE_FACTOR
     return 2 ** (len(json.loads(config.read_text())["block_out_channels"]) - 1)

@@ -1,7 +1,8 @@
 """The models of the paper's table: checkpoints, the paper's sampling settings, pipeline classes, loading.
 
 Settings come from ``paper_results.json`` (the paper's table and the v1 example scripts' settings); the
-architecture configs of each checkpoint are in ``model_configs/<key>/``.
+architecture configs of each checkpoint are in ``model_configs/<key>/`` (a component shared with another
+checkpoint: ``configs_from``).
 """
 
 from __future__ import annotations
@@ -49,10 +50,22 @@ class ModelSpec:
     loader: str | None = None  # "module:function(spec, source, torch_dtype)" where from_pretrained is not enough
     note: str = ""
     configs: str | None = None  # folder of the component configs, where it is not model_configs/<key>
+    # Components whose architecture config is another registry model's: (component, that model's key).
+    configs_from: tuple[tuple[str, str], ...] = ()
+    # TGATE-V2's self-attention settings (the official README's); recorded here, not yet passed to the pipeline.
+    # The defaults are v1: self-attention computed at every step.
+    sp_interval: int = 1
+    fi_interval: int = 1
+    warm_up: int = 0
 
     @property
     def config_dir(self) -> Path:
         return Path(self.configs) if self.configs else CONFIG_ROOT / self.key
+
+    def component_config_dir(self, component: str) -> Path:
+        """The folder of ``component``'s config: this model's own, or that of the model it is shared with."""
+        owner = dict(self.configs_from).get(component)
+        return get_model(owner).component_config_dir(component) if owner else self.config_dir / component
 
     @property
     def pipeline_class(self) -> type:
