@@ -228,3 +228,10 @@ def tiny_pixart_components(
 def tiny_lcm_pixart_components(seed: int = 0) -> dict:
     """PixArt-LCM: the tiny PixArt components with the checkpoint's LCMScheduler."""
     return tiny_pixart_components(seed, scheduler_key="lcm_pixart", scheduler_class=LCMScheduler)
+
+
+def tiny_pixart_sigma_components(seed: int = 0) -> dict:
+    """Components of a PixArtSigmaPipeline: the tiny PixArt ones without resolution/aspect-ratio conditioning
+    (Sigma's transformer has none), with the checkpoint's DPMSolverMultistepScheduler. The real pipeline pads
+    prompts to 300 T5 tokens (``max_sequence_length``); the tiny T5 takes any length."""
+    return tiny_pixart_components(seed, scheduler_key="pixart_sigma", additional_conditions=False)
