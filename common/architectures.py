@@ -9,11 +9,16 @@ pipeline's sampling loop hands that denoiser at a given image resolution, for ea
 - SDXL: also the pooled text embedding and the 6 size/crop ``time_ids`` (``added_cond_kwargs``);
 - LCM-SDXL: also the guidance-scale embedding ``timestep_cond`` (``time_cond_proj_dim``);
 - PixArt-alpha / PixArt-LCM: 120 T5 token embeddings with their attention mask, and the resolution and
-  aspect-ratio conditions where the config uses them.
+  aspect-ratio conditions where the config uses them;
+- PixArt-Sigma: 300 T5 token embeddings with their mask (its pipeline's ``max_sequence_length``), no
+  resolution or aspect-ratio conditions (its config turns them off).
+
+``text_tokens(spec)`` says how many text tokens the pipeline of ``spec`` hands its denoiser.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -25,7 +30,8 @@ from .models import ModelSpec
 
 # Every VAE of the table downsamples images 8x (four levels: 2 ** 3) into latents.
 VAE_SCALE_FACTOR = 8
-# Text tokens the pipelines hand the denoiser: CLIP pads to 77, PixArt's T5 to 120.
+# Text tokens the pipelines hand the denoiser: CLIP pads to 77, PixArt-Alpha's T5 to 120 (PixArt-Sigma's to 300:
+# ``text_tokens`` reads a pipeline's own ``max_sequence_length``).
 CLIP_TOKENS = 77
 T5_TOKENS = 120
 # SDXL's time_ids: original size (2), crop top-left (2), target size (2).
@@ -99,10 +105,21 @@ def vae_scale_factor(spec: ModelSpec) -> int:
 
     The LCM config folders hold their denoiser only; their VAEs (SDXL's, PixArt's) are the table's 8x.
     """
-    config = spec.config_dir / "vae" / "config.json"
+    config = spec.component_config_dir("vae") / "config.json"
     if not config.is_file():
         return VAE_SCALE_FACTOR
     return 2 ** (len(json.loads(config.read_text())["block_out_channels"]) - 1)
+
+
+def text_tokens(spec: ModelSpec) -> int | None:
+    """Text tokens ``spec``'s pipeline hands its denoiser, where its ``__call__`` pads prompts to a
+    ``max_sequence_length`` (PixArt-Alpha 120, PixArt-Sigma 300); None for the CLIP pipelines (77 positions)."""
+    for cls in spec.pipeline_class.__mro__:
+        if "__call__" in vars(cls):
+            parameter = inspect.signature(cls.__call__).parameters.get("max_sequence_length")
+            if parameter is not None and isinstance(parameter.default, int):
+                return parameter.default
+    return None
 
 
 def latent_multiple(denoiser: torch.nn.Module, vae_factor: int = VAE_SCALE_FACTOR) -> int:
@@ -119,11 +136,14 @@ def denoiser_inputs(
     dtype: torch.dtype | None = None,
     generator: torch.Generator | None = None,
     vae_factor: int = VAE_SCALE_FACTOR,
+    tokens: int | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments of one denoiser call at ``resolution`` x ``resolution`` pixels for ``batch`` samples.
 
     The shapes are those the diffusers pipelines use (see the module docstring); values are random (none on
-    the ``meta`` device). Device and dtype default to the denoiser's; ``vae_factor`` is pixels per latent.
+    the ``meta`` device). Device and dtype default to the denoiser's; ``vae_factor`` is pixels per latent;
+    ``tokens`` is the text length (default: 120 T5 tokens for a PixArt transformer, 77 CLIP tokens for a UNet;
+    ``text_tokens(spec)`` gives a pipeline's own).
     """
     parameter = next(denoiser.parameters())
     device = parameter.device if device is None else torch.device(device)
@@ -152,8 +172,8 @@ def denoiser_inputs(
         return {
             "hidden_states": latents,
             "timestep": timestep,
-            "encoder_hidden_states": random(batch, T5_TOKENS, config.caption_channels),
-            "encoder_attention_mask": torch.ones(batch, T5_TOKENS, device=device, dtype=dtype),
+            "encoder_hidden_states": random(batch, tokens or T5_TOKENS, config.caption_channels),
+            "encoder_attention_mask": torch.ones(batch, tokens or T5_TOKENS, device=device, dtype=dtype),
             "added_cond_kwargs": sizes,
             "return_dict": False,
         }
@@ -161,7 +181,7 @@ def denoiser_inputs(
     inputs = {
         "sample": latents,
         "timestep": timestep,
-        "encoder_hidden_states": random(batch, CLIP_TOKENS, config.cross_attention_dim),
+        "encoder_hidden_states": random(batch, tokens or CLIP_TOKENS, config.cross_attention_dim),
         "return_dict": False,
     }
     if config.addition_embed_type == "text_time":  # SDXL: pooled text embedding + size/crop conditions

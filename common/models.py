@@ -1,7 +1,8 @@
 """The models of the paper's table: checkpoints, the paper's sampling settings, pipeline classes, loading.
 
-Settings come from ``paper_results.json`` (the paper's table and the v1 example scripts' settings); the
-architecture configs of each checkpoint are in ``model_configs/<key>/``.
+Settings come from ``paper_results.json`` (the paper's table and the v1 example scripts' settings; its ``v2``
+part: the official TGATE-V2 README's, for PixArt-Sigma, which only that table has); the architecture configs
+of each checkpoint are in ``model_configs/<key>/`` (a component shared with another checkpoint: ``configs_from``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def import_object(path: str) -> Any:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    key: str  # the name used on every command line: sd15, sd21, sdxl, pixart_alpha, lcm_sdxl, lcm_pixart
+    key: str  # the name used on every command line: sd15, sd21, sdxl, pixart_alpha, pixart_sigma, lcm_sdxl, ...
     title: str
     pipeline: str  # "module:Class" of the TGATE pipeline
     checkpoint: str  # what `from_pretrained` loads by default (hub id)
@@ -49,10 +50,22 @@ class ModelSpec:
     loader: str | None = None  # "module:function(spec, source, torch_dtype)" where from_pretrained is not enough
     note: str = ""
     configs: str | None = None  # folder of the component configs, where it is not model_configs/<key>
+    # Components whose architecture config is another registry model's: (component, that model's key).
+    configs_from: tuple[tuple[str, str], ...] = ()
+    # TGATE-V2's self-attention settings (the official README's); recorded here, not yet passed to the pipeline.
+    # The defaults are v1: self-attention computed at every step.
+    sp_interval: int = 1
+    fi_interval: int = 1
+    warm_up: int = 0
 
     @property
     def config_dir(self) -> Path:
         return Path(self.configs) if self.configs else CONFIG_ROOT / self.key
+
+    def component_config_dir(self, component: str) -> Path:
+        """The folder of ``component``'s config: this model's own, or that of the model it is shared with."""
+        owner = dict(self.configs_from).get(component)
+        return get_model(owner).component_config_dir(component) if owner else self.config_dir / component
 
     @property
     def pipeline_class(self) -> type:
@@ -84,6 +97,11 @@ class ModelSpec:
         """The paper's table row of this model (None for a model outside the paper, such as the toy)."""
         return next((row for row in PAPER["rows"] if row["model"] == self.key and row["tgate"] == tgate), None)
 
+    def paper_v2_row(self, tgate: bool) -> dict | None:
+        """The row of the official TGATE-V2 table (``PAPER["v2"]``), None where that table has no such model."""
+        rows = PAPER["v2"]["rows"]
+        return next((row for row in rows if row["model"] == self.key and row["tgate"] == tgate), None)
+
 
 def load_with_from_pretrained(spec: ModelSpec, source: str, torch_dtype: torch.dtype | None):
     return spec.pipeline_class.from_pretrained(source, dtype=torch_dtype)
@@ -104,6 +122,14 @@ def missing_weights_message(spec: ModelSpec, source: str, error: Exception) -> s
 def _paper_settings(key: str) -> dict:
     defaults = PAPER["defaults"][key]
     return dict(steps=defaults["steps"], gate_step=defaults["gate_step"], resolution=defaults["resolution"],
+                prompt=defaults["prompt"], seed=defaults["seed"])
+
+
+def _paper_v2_settings(key: str) -> dict:
+    """The settings of a model that is only in the TGATE-V2 table, with its self-attention intervals."""
+    defaults = PAPER["v2"]["defaults"][key]
+    return dict(steps=defaults["steps"], gate_step=defaults["gate_step"], sp_interval=defaults["sp_interval"],
+                fi_interval=defaults["fi_interval"], warm_up=defaults["warm_up"], resolution=defaults["resolution"],
                 prompt=defaults["prompt"], seed=defaults["seed"])
 
 
@@ -150,6 +176,20 @@ MODELS: dict[str, ModelSpec] = {
         tiny="common.tiny:tiny_pixart_components",
         denoiser="transformer",
         **_paper_settings("pixart_alpha"),
+    ),
+    # Not in the v1 table (so not in PAPER_MODELS): the TGATE-V2 table and README add PixArt-Sigma.
+    "pixart_sigma": ModelSpec(
+        key="pixart_sigma",
+        title="PixArt-Sigma",
+        pipeline="PixArt_sigma.pipeline:TgatePixArtSigmaPipeline",
+        checkpoint="PixArt-alpha/PixArt-Sigma-XL-2-1024-MS",
+        guidance_scale=4.5,  # the README example sets none: PixArtSigmaPipeline's default
+        scheduler=None,  # the checkpoint's DPMSolverMultistepScheduler (tiny runs: PixArt-Alpha's settings)
+        tiny="common.tiny:tiny_pixart_sigma_components",
+        denoiser="transformer",
+        # SDXL's VAE; PixArt-Alpha's T5-XXL encoder (prompts padded to 300 tokens) and DPM-Solver settings
+        configs_from=(("vae", "sdxl"), ("text_encoder", "pixart_alpha"), ("scheduler", "pixart_alpha")),
+        **_paper_v2_settings("pixart_sigma"),
     ),
     "lcm_sdxl": ModelSpec(
         key="lcm_sdxl",

@@ -26,7 +26,7 @@ from transformers import (
     T5Tokenizer,
 )
 
-from .models import CONFIG_ROOT
+from .models import get_model
 
 TINY_CROSS_ATTENTION_DIM = 32
 # the UNet shape every tiny UNet shares: 16x16 latents with SD's 4 channels, two levels
@@ -111,8 +111,9 @@ def tiny_sd_components(seed: int = 0) -> dict:
 
 
 def checkpoint_scheduler(key: str, scheduler_class: type):
-    """``scheduler_class`` configured from the real checkpoint's scheduler config (``model_configs/<key>``)."""
-    return scheduler_class.from_config(scheduler_class.load_config(CONFIG_ROOT / key / "scheduler"))
+    """``scheduler_class`` configured from the real checkpoint's scheduler config (``model_configs/<key>``, or
+    the folder of the registry model it shares its scheduler with)."""
+    return scheduler_class.from_config(scheduler_class.load_config(get_model(key).component_config_dir("scheduler")))
 
 
 def tiny_sdxl_components(
@@ -190,12 +191,16 @@ def tiny_t5_encoder(tokenizer: T5Tokenizer, hidden_size: int = TINY_CROSS_ATTENT
 
 
 def tiny_pixart_components(
-    seed: int = 0, scheduler_key: str = "pixart_alpha", scheduler_class: type = DPMSolverMultistepScheduler
+    seed: int = 0,
+    scheduler_key: str = "pixart_alpha",
+    scheduler_class: type = DPMSolverMultistepScheduler,
+    additional_conditions: bool = True,
 ) -> dict:
     """Components of a PixArtAlphaPipeline in the 1024-px family: a T5 encoder with attention masks, a
     transformer with learned sigma (8 output channels for 4 latent channels) and resolution/aspect-ratio
-    conditioning (``sample_size`` 128). Patches of 16 keep it tiny: 128x128 latents are 64 tokens.
-    The pipeline bins sizes to 1024 px, so the VAE has PixArt's 8x scale factor."""
+    conditioning (``sample_size`` 128; ``additional_conditions=False`` leaves it out, as PixArt-Sigma).
+    Patches of 16 keep it tiny: 128x128 latents are 64 tokens. The pipeline bins sizes to 1024 px, so the
+    VAE has PixArt's 8x scale factor."""
     torch.manual_seed(seed)
     tokenizer = tiny_t5_tokenizer()
     heads, head_dim = 2, 12  # the resolution and aspect-ratio embeddings take a third of the width each
@@ -209,6 +214,7 @@ def tiny_pixart_components(
         caption_channels=TINY_CROSS_ATTENTION_DIM,
         sample_size=128,
         patch_size=16,
+        use_additional_conditions=additional_conditions,
     ).eval()
     return {
         "tokenizer": tokenizer,
@@ -222,3 +228,10 @@ def tiny_pixart_components(
 def tiny_lcm_pixart_components(seed: int = 0) -> dict:
     """PixArt-LCM: the tiny PixArt components with the checkpoint's LCMScheduler."""
     return tiny_pixart_components(seed, scheduler_key="lcm_pixart", scheduler_class=LCMScheduler)
+
+
+def tiny_pixart_sigma_components(seed: int = 0) -> dict:
+    """Components of a PixArtSigmaPipeline: the tiny PixArt ones without resolution/aspect-ratio conditioning
+    (Sigma's transformer has none), with the checkpoint's DPMSolverMultistepScheduler. The real pipeline pads
+    prompts to 300 T5 tokens (``max_sequence_length``); the tiny T5 takes any length."""
+    return tiny_pixart_components(seed, scheduler_key="pixart_sigma", additional_conditions=False)

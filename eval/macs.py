@@ -34,7 +34,7 @@ from calflops.calculate_pipline import CalFlopsPipline  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from common.architectures import (  # noqa: E402
-    VAE_SCALE_FACTOR, ConfigNotFoundError, build_denoiser, denoiser_inputs, vae_scale_factor,
+    VAE_SCALE_FACTOR, ConfigNotFoundError, build_denoiser, denoiser_inputs, text_tokens, vae_scale_factor,
 )
 from common.gate import check_gate_step, cross_attention_modules, gated_sampling  # noqa: E402
 from common.schedule import TgateSchedule  # noqa: E402
@@ -78,13 +78,14 @@ def count_forward_macs(denoiser: torch.nn.Module, inputs: dict[str, Any]) -> int
 
 
 def forward_macs(denoiser: torch.nn.Module, resolution: int, guided: bool,
-                 vae_factor: int = VAE_SCALE_FACTOR) -> ForwardMacs:
+                 vae_factor: int = VAE_SCALE_FACTOR, tokens: int | None = None) -> ForwardMacs:
     """Count one forward of each step kind of a TGATE run with gate 2: steps 0 (guided), 1 (caching), 2 (gated).
 
     The work of a step depends only on its kind (before, at or after ``gate - 1``), not on the gate's value,
     so these three counts give the MACs of a run of any length with any gate, and of the stock run.
+    ``tokens``: the text length the pipeline hands the denoiser (``architectures.text_tokens``).
     """
-    inputs = denoiser_inputs(denoiser, 2 if guided else 1, resolution, vae_factor=vae_factor)
+    inputs = denoiser_inputs(denoiser, 2 if guided else 1, resolution, vae_factor=vae_factor, tokens=tokens)
     counts = []
     with gated_sampling(denoiser, TgateSchedule(gate_step=2), guided) as call:
         call.follows_loop = True  # this loop is the sampling loop: it sets the step itself
@@ -143,7 +144,7 @@ def macs_row(
     gate = check_gate_step(spec.gate_step if gate is None else gate)
     denoiser = build_denoiser(spec, source)
     forward = forward_macs(denoiser, resolution or spec.resolution, runs_guidance(spec, denoiser),
-                           vae_scale_factor(spec))
+                           vae_scale_factor(spec), text_tokens(spec))
     return make_row(spec.key, steps, gate, forward, parameter_counts(denoiser, steps, gate))
 
 
@@ -265,7 +266,8 @@ def model_results(spec: ModelSpec, args: argparse.Namespace) -> list[Result]:
     gate = spec.gate_step if args.gate is None else args.gate
     resolution = spec.resolution if args.resolution is None else args.resolution
     denoiser = build_denoiser(spec, args.config)
-    forward = forward_macs(denoiser, resolution, runs_guidance(spec, denoiser), vae_scale_factor(spec))
+    forward = forward_macs(denoiser, resolution, runs_guidance(spec, denoiser), vae_scale_factor(spec),
+                           text_tokens(spec))
     comparable = args.config is None and steps == spec.steps and resolution == spec.resolution
     paper = paper_counts(spec) if comparable and spec.paper_row(tgate=False) else None  # the toy has no paper row
     defaults = all(value is None for value in (args.gate, args.steps, args.resolution, args.config))
