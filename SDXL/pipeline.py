@@ -1,6 +1,6 @@
-"""TGATE for SDXL (and LCM-SDXL): diffusers' StableDiffusionXLPipeline plus ``gate_step``."""
+"""TGATE for SDXL (and LCM-SDXL): diffusers' SDXL pipelines plus TGATE's ``gate_step`` (and V2 settings)."""
 
-from diffusers import StableDiffusionXLPipeline
+from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline, StableDiffusionXLPipeline
 
 from common.pipeline import TgateMixin
 
@@ -16,3 +16,12 @@ class TgateStableDiffusionXLPipeline(TgateMixin, StableDiffusionXLPipeline):
     >>> image = pipe("Astronaut in a jungle, cold color palette, muted colors, detailed, 8k",
     ...              num_inference_steps=25, gate_step=10).images[0]
     """
+
+
+class TgateStableDiffusionXLImg2ImgPipeline(TgateMixin, StableDiffusionXLImg2ImgPipeline):
+    """``StableDiffusionXLImg2ImgPipeline`` with TGATE: ``gate_step`` counts the steps run after ``strength``
+    (and ``denoising_start``/``denoising_end``)."""
+
+
+class TgateStableDiffusionXLInpaintPipeline(TgateMixin, StableDiffusionXLInpaintPipeline):
+    """``StableDiffusionXLInpaintPipeline`` with TGATE: ``gate_step`` counts the steps run after ``strength``."""

@@ -1,6 +1,6 @@
-"""TGATE for Stable Diffusion 1.x and 2.x: diffusers' StableDiffusionPipeline plus ``gate_step``."""
+"""TGATE for Stable Diffusion 1.x and 2.x: diffusers' SD pipelines plus TGATE's ``gate_step`` (and V2 settings)."""
 
-from diffusers import StableDiffusionPipeline
+from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline, StableDiffusionPipeline
 
 from common.pipeline import TgateMixin
 
@@ -10,4 +10,20 @@ class TgateStableDiffusionPipeline(TgateMixin, StableDiffusionPipeline):
 
     >>> pipe = TgateStableDiffusionPipeline.from_pretrained("stable-diffusion-v1-5/stable-diffusion-v1-5")
     >>> image = pipe("A coral reef bustling with diverse marine life.", num_inference_steps=25, gate_step=10).images[0]
+    """
+
+
+class TgateStableDiffusionImg2ImgPipeline(TgateMixin, StableDiffusionImg2ImgPipeline):
+    """``StableDiffusionImg2ImgPipeline`` with TGATE: ``gate_step`` counts the steps run after ``strength``.
+
+    >>> pipe = TgateStableDiffusionImg2ImgPipeline.from_pipe(text_to_image_pipe)
+    >>> image = pipe("A coral reef, oil painting", image=init_image, strength=0.6, gate_step=6).images[0]
+    """
+
+
+class TgateStableDiffusionInpaintPipeline(TgateMixin, StableDiffusionInpaintPipeline):
+    """``StableDiffusionInpaintPipeline`` with TGATE: ``gate_step`` counts the steps run after ``strength``.
+
+    >>> pipe = TgateStableDiffusionInpaintPipeline.from_pipe(text_to_image_pipe)
+    >>> image = pipe("A coral reef", image=init_image, mask_image=mask, gate_step=10).images[0]
     """

@@ -1,5 +1,9 @@
-"""TGATE for Stable Diffusion 2.1: the SD-1.5 pipeline class serves it unchanged (same pipeline family)."""
+"""TGATE for Stable Diffusion 2.1: the SD-1.5 pipeline classes serve it unchanged (same pipeline family)."""
 
-from SD_1_5.pipeline import TgateStableDiffusionPipeline
+from SD_1_5.pipeline import (
+    TgateStableDiffusionImg2ImgPipeline,
+    TgateStableDiffusionInpaintPipeline,
+    TgateStableDiffusionPipeline,
+)
 
-__all__ = ["TgateStableDiffusionPipeline"]
+__all__ = ["TgateStableDiffusionImg2ImgPipeline", "TgateStableDiffusionInpaintPipeline", "TgateStableDiffusionPipeline"]

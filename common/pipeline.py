@@ -6,7 +6,9 @@ import functools
 import inspect
 from typing import Any, Callable
 
+import diffusers
 import torch
+from diffusers.pipelines import auto_pipeline
 
 from .gate import active_call, gated_sampling
 from .schedule import TgateSchedule
@@ -47,6 +49,7 @@ class TgateMixin:
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
         cls.__call__ = _tgate_call_for(super(TgateMixin, cls).__call__)
+        _register_with_diffusers(cls)
 
     @property
     def denoiser(self) -> torch.nn.Module:
@@ -93,6 +96,22 @@ class TgateMixin:
         guided = self.guidance_state(call.arguments.get("guidance_scale", 1.0))
         with gated_sampling(self.denoiser, schedule, guided):
             return stock_call(self, *args, **kwargs)
+
+
+def _register_with_diffusers(cls: type) -> None:
+    """Make diffusers' loaders find ``cls`` by name, as they find their own classes.
+
+    ``DiffusionPipeline.from_pretrained(folder)`` looks the saved ``_class_name`` up on the ``diffusers``
+    module; ``AutoPipelineFor*.from_pipe`` / ``from_pretrained`` look classes up in the task mappings. Each
+    TGATE class gets the key ``tgate-<key>`` of its stock class, so a TGATE text-to-image pipeline maps to the
+    TGATE image-to-image class of its family (where one exists) and back.
+    """
+    stock = next(base for base in cls.__mro__[1:] if base.__module__.startswith("diffusers."))
+    setattr(diffusers, cls.__name__, cls)
+    for mapping in auto_pipeline.SUPPORTED_TASKS_MAPPINGS:
+        for key, pipeline_class in list(mapping.items()):
+            if pipeline_class is stock:
+                mapping[f"tgate-{key}"] = cls
 
 
 def _tgate_call_for(stock_call: Callable) -> Callable:

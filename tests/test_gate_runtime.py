@@ -5,13 +5,25 @@ import threading
 
 import pytest
 import torch
-from diffusers import PixArtAlphaPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers import (
+    AutoPipelineForImage2Image,
+    AutoPipelineForInpainting,
+    AutoPipelineForText2Image,
+    DiffusionPipeline,
+    PixArtAlphaPipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+)
 from torch._dynamo.utils import counters
 
-from common.tiny import tiny_pixart_components, tiny_sd_components
+from common.tiny import tiny_pixart_components, tiny_sd_components, tiny_sdxl_components
 from PixArt_alpha.pipeline import TgatePixArtAlphaPipeline
-from SD_1_5.pipeline import TgateStableDiffusionPipeline
-from SDXL.pipeline import TgateStableDiffusionXLPipeline
+from SD_1_5.pipeline import (
+    TgateStableDiffusionImg2ImgPipeline,
+    TgateStableDiffusionInpaintPipeline,
+    TgateStableDiffusionPipeline,
+)
+from SDXL.pipeline import TgateStableDiffusionXLImg2ImgPipeline, TgateStableDiffusionXLPipeline
 from tests.tgate_checks import pipeline_is_stock, quiet
 
 TGATE_PARAMETERS = ["gate_step", "sp_interval", "fi_interval", "warm_up"]
@@ -130,3 +142,23 @@ def test_bad_tgate_values_are_clear_errors(bad, message):
     with pytest.raises(ValueError, match=message):
         run(pipe, **bad)
     assert pipeline_is_stock(pipe)
+
+
+def test_saved_tgate_pipeline_loads_with_diffusion_pipeline(tmp_path):
+    pipe = quiet(TgateStableDiffusionPipeline(**tiny_sd_components(seed=0)))
+    pipe.save_pretrained(tmp_path)
+    loaded = quiet(DiffusionPipeline.from_pretrained(tmp_path))
+    assert type(loaded) is TgateStableDiffusionPipeline
+    assert torch.equal(run(loaded, gate_step=2), run(pipe, gate_step=2))
+    assert type(AutoPipelineForText2Image.from_pretrained(tmp_path)) is TgateStableDiffusionPipeline
+
+
+def test_auto_pipelines_keep_tgate_across_tasks():
+    pipe = quiet(TgateStableDiffusionPipeline(**tiny_sd_components(seed=0)))
+    image_to_image = AutoPipelineForImage2Image.from_pipe(pipe)
+    assert type(image_to_image) is TgateStableDiffusionImg2ImgPipeline
+    assert type(AutoPipelineForInpainting.from_pipe(pipe)) is TgateStableDiffusionInpaintPipeline
+    assert type(AutoPipelineForText2Image.from_pipe(image_to_image)) is TgateStableDiffusionPipeline
+    assert image_to_image.unet is pipe.unet
+    sdxl = TgateStableDiffusionXLPipeline(**tiny_sdxl_components(seed=0))
+    assert type(AutoPipelineForImage2Image.from_pipe(sdxl)) is TgateStableDiffusionXLImg2ImgPipeline
