@@ -28,7 +28,7 @@ import contextvars
 import functools
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
@@ -272,20 +272,26 @@ def _hooks_on(denoiser: torch.nn.Module) -> Iterator[None]:
 
 @contextlib.contextmanager
 def gated_sampling(
-    denoiser: torch.nn.Module, schedule: TgateSchedule | int, guided: Callable[[], bool] | bool
+    denoisers: torch.nn.Module | Sequence[torch.nn.Module],
+    schedule: TgateSchedule | int,
+    guided: Callable[[], bool] | bool,
 ) -> Iterator[TgateCall]:
-    """Run TGATE on ``denoiser`` for one sampling run in this thread; everything is removed on exit.
+    """Run TGATE on ``denoisers`` for one sampling run in this thread; everything is removed on exit.
 
-    ``guided`` is the pipeline's guidance state, read at every denoiser evaluation (or a constant). The
-    call's step is the pipeline's step: :meth:`TgateCall.follow` counts it on the loop's progress bar (the
-    pipeline classes do this); code that drives the denoiser itself sets ``call.step`` and
-    ``call.follows_loop``.
+    ``denoisers`` are the models the pipeline calls with the guidance batch at every step: its UNet or
+    transformer, and a ControlNet where it has one (it runs on the same single branch after the gate, and its
+    cross-attention is gated too). ``guided`` is the pipeline's guidance state, read at every denoiser
+    evaluation (or a constant). The call's step is the pipeline's step: :meth:`TgateCall.follow` counts it
+    on the loop's progress bar (the pipeline classes do this); code that drives the denoiser itself sets
+    ``call.step`` and ``call.follows_loop``.
     """
     if _ACTIVE_CALL.get() is not None:
         raise RuntimeError("a TGATE call is already running in this thread; TGATE calls do not nest.")
     schedule = schedule if isinstance(schedule, TgateSchedule) else TgateSchedule(schedule)
     call = TgateCall(schedule, guided if callable(guided) else (lambda: guided))
-    with _hooks_on(denoiser):
+    with contextlib.ExitStack() as hooks:
+        for denoiser in [denoisers] if isinstance(denoisers, torch.nn.Module) else denoisers:
+            hooks.enter_context(_hooks_on(denoiser))
         token = _ACTIVE_CALL.set(call)
         try:
             yield call

@@ -56,6 +56,12 @@ class TgateMixin:
         return self.unet if hasattr(self, "unet") else self.transformer
 
     @property
+    def denoisers(self) -> list[torch.nn.Module]:
+        """What the sampling loop runs on the guidance batch: the denoiser, and the ControlNet if any."""
+        controlnet = getattr(self, "controlnet", None)
+        return [self.denoiser] if controlnet is None else [self.denoiser, controlnet]
+
+    @property
     def native_resolution(self) -> int:
         """The image side the pipeline makes by default: the denoiser's sample size times the VAE factor."""
         return self.denoiser.config.sample_size * self.vae_scale_factor
@@ -94,7 +100,7 @@ class TgateMixin:
         call = inspect.signature(stock_call).bind(self, *args, **kwargs)
         call.apply_defaults()
         guided = self.guidance_state(call.arguments.get("guidance_scale", 1.0))
-        with gated_sampling(self.denoiser, schedule, guided):
+        with gated_sampling(self.denoisers, schedule, guided):
             return stock_call(self, *args, **kwargs)
 
 
