@@ -119,7 +119,8 @@ def test_empty_prompt_is_sent_as_is(monkeypatch, tmp_path):
 
     timed_generation = cli.timed_generation
     monkeypatch.setattr(cli, "timed_generation", recording)
-    assert generate_main("sd15", ["--tiny", "--steps", "2", "--gate", "1", "--prompt", "", "--out", str(tmp_path / "a.png")]) == 0
+    argv = ["--tiny", "--steps", "2", "--gate", "1", "--prompt", "", "--out", str(tmp_path / "a.png")]
+    assert generate_main("sd15", argv) == 0
     assert prompts == [""]
 
 

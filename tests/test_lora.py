@@ -60,7 +60,7 @@ def test_pixart_cleans_captions_without_a_warning(caplog, monkeypatch):
     monkeypatch.setattr(logging.getLogger("diffusers"), "propagate", True)  # else its own handler bypasses caplog
     pipe = TgatePixArtAlphaPipeline(**tiny_pixart_components(0))
     with caplog.at_level(logging.WARNING):
-        cleaned = pipe._text_preprocessing("A <b>red</b> bus https://example.com/bus.jpg on a street", clean_caption=True)
+        cleaned = pipe._text_preprocessing("A <b>red</b> bus https://example.com/x.jpg on a street", clean_caption=True)
     assert cleaned == ["a red bus on a street"]  # without bs4 and ftfy: lowercased only, HTML and URL kept
     assert "clean_caption" not in caplog.text
 
