@@ -7,17 +7,19 @@ import contextlib
 import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
 
 import torch
+from diffusers.utils import logging as diffusers_logging
 from PIL import Image, ImageDraw
 
-from .gate import check_gate_step
 from .models import TOY_MODEL, CheckpointNotFoundError, ModelSpec, get_model
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 TINY_WARNING = "[--tiny] tiny random components, not the real model: the image is noise, only the code path runs."
 TOY_NOTE = ("[--model toy] the toy checkpoint trained here on scikit-learn's 8x8 digits (16x16 images), "
             "not a paper model")
@@ -54,12 +56,54 @@ def build_parser(specs: dict[str, ModelSpec], variant_flag: str | None) -> argpa
     parser.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
                         help="weights dtype; auto (default) = float16 on CUDA, float32 on CPU")
     parser.add_argument("--device", default="auto", help="torch device: cuda, cuda:1, cpu, mps; auto (default) = cuda if available")
-    parser.add_argument("--out", type=Path, help="output PNG (default: <model>_tgate.png in the current folder)")
+    parser.add_argument("--out", type=Path, help="output image, " + "/".join(IMAGE_SUFFIXES) + " (default: "
+                        "<model>_tgate.png in the current folder); a missing folder is created only when its parent "
+                        "exists")
     parser.add_argument("--compare", action="store_true", help="also render the stock pipeline with the same seed "
                         "and save both side by side, each with its time (<out>_stock.png, <out>_compare.png)")
     parser.add_argument("--tiny", action="store_true", help="tiny random components built offline, for smoke runs "
                         "without weights: the image is noise")
     return parser
+
+
+def check_gate_flag(gate: int, stock_hint: str = "--gate >= --steps") -> int:
+    """``--gate`` checked in the command line's words: the library's hint, ``gate_step=None``, is no flag."""
+    if gate < 1:
+        raise ValueError(f"--gate must be >= 1 (the guided steps before the gate), got {gate}; "
+                         f"for the stock pipeline use {stock_hint}")
+    return gate
+
+
+def check_out(out: Path) -> None:
+    """A ``ValueError`` unless an image can be written at ``out``: checked before any work."""
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give an image file, e.g. {out / 'image.png'}")
+    if out.suffix.lower() not in IMAGE_SUFFIXES:
+        raise ValueError(f"--out {out}: the file name must end in {', '.join(IMAGE_SUFFIXES)}")
+    folder = out.parent
+    if not folder.is_dir():
+        if folder.exists():
+            raise ValueError(f"--out {out}: {folder} is a file, not a folder")
+        if not folder.parent.is_dir():  # more than one missing level is likelier a typo than a wish
+            raise ValueError(f"--out {out}: {folder.parent} is not an existing folder; only a missing last folder "
+                             f"({folder.name}) is created")
+        folder = folder.parent
+    try:  # a real probe: permission bits say nothing for root, read-only mounts or full disks
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise ValueError(f"--out {out}: cannot write in {folder} ({error.strerror or error})") from None
+
+
+def cast_quietly(pipe, dtype: torch.dtype):
+    """``pipe.to(dtype=dtype)`` without diffusers' warning, which it logs on every dtype cast: the tiny
+    components have no module to keep in float32 (the warning lists none)."""
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        return pipe.to(dtype=dtype)
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
 
 
 def resolve_device_and_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
@@ -76,8 +120,6 @@ def resolve_device_and_dtype(device: str, dtype: str) -> tuple[torch.device, tor
         raise ValueError(f"--device {device}: MPS is not available on this machine; use --device cpu")
     if dtype == "auto":
         dtype = "float16" if resolved.type == "cuda" else "float32"
-    if resolved.type == "cpu" and dtype == "float16":
-        raise ValueError("--dtype float16 does not run on the CPU; use --dtype float32 or bfloat16 there")
     return resolved, DTYPES[dtype]
 
 
@@ -140,31 +182,34 @@ def generate_main(models: str | dict[str, str], argv: Sequence[str] | None = Non
     try:
         if steps < 1:
             raise ValueError(f"--steps must be >= 1, got {steps}")
-        check_gate_step(gate)
+        check_gate_flag(gate)
         if guidance < 0:
             raise ValueError(f"--guidance must be >= 0, got {guidance}")
         if args.tiny and args.model:
             raise ValueError("--tiny builds random components and ignores weights: drop --model or --tiny")
         device, dtype = resolve_device_and_dtype(args.device, args.dtype)
+        out = args.out or Path(f"{spec.key}_tgate.png")
+        check_out(out)
     except ValueError as error:
         parser.error(str(error))
 
     if args.tiny:
         print(TINY_WARNING)
-        pipe = spec.tiny_pipeline().to(dtype=dtype)
+        pipe = cast_quietly(spec.tiny_pipeline(), dtype)
     else:
         try:
             pipe = spec.load(args.model, torch_dtype=dtype)
         except CheckpointNotFoundError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
-    pipe = pipe.to(device)
+    # diffusers warns that float16 "will fail" on the CPU; torch 2.14 runs it (tests/test_generate_cli.py)
+    pipe = pipe.to(device, silence_dtype_warnings=True)
 
-    call = dict(prompt=args.prompt or spec.prompt, num_inference_steps=steps, guidance_scale=guidance)
+    prompt = spec.prompt if args.prompt is None else args.prompt  # --prompt "" is an empty prompt
+    call = dict(prompt=prompt, num_inference_steps=steps, guidance_scale=guidance)
     if args.negative_prompt is not None:  # else the pipeline's own default: PixArt's is "", and None breaks it
         call["negative_prompt"] = args.negative_prompt
-    out = args.out or Path(f"{spec.key}_tgate.png")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(exist_ok=True)
     print(f"{spec.title} | {'tiny random' if args.tiny else args.model or spec.checkpoint} | {steps} steps, "
           f"gate {gate}, guidance {guidance}, seed {seed} | {device} {str(dtype).removeprefix('torch.')}")
     if args.compare:  # warm up kernels and caches so neither timed run pays for them

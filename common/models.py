@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -81,6 +82,13 @@ class ModelSpec:
     def load(self, source: str | None = None, torch_dtype: torch.dtype | None = None):
         """The TGATE pipeline with real weights from ``source`` (hub id or local folder; default: the checkpoint)."""
         source = source or self.checkpoint
+        if looks_like_local_path(source):
+            folder = Path(source).expanduser()
+            if not folder.is_dir():  # else the hub client's complaint: "Repo id must use alphanumeric chars"
+                reason = FileNotFoundError(f"the folder {source} does not exist" if not folder.exists()
+                                           else f"{source} is a file, not a diffusers folder")
+                raise CheckpointNotFoundError(missing_weights_message(self, source, reason))
+            source = str(folder)
         load: Callable = import_object(self.loader) if self.loader else load_with_from_pretrained
         try:
             pipe = load(self, source, torch_dtype)
@@ -101,6 +109,13 @@ class ModelSpec:
         """The row of the official TGATE-V2 table (``PAPER["v2"]``), None where that table has no such model."""
         rows = PAPER["v2"]["rows"]
         return next((row for row in rows if row["model"] == self.key and row["tgate"] == tgate), None)
+
+
+def looks_like_local_path(source: str) -> bool:
+    """Whether ``source`` is meant as a folder: a hub id is ``name`` or ``owner/name``, never more."""
+    if source.startswith(("/", "~", "./", "../")) or source in (".", ".."):
+        return True
+    return source.count("/") > 1 or (os.sep != "/" and os.sep in source)
 
 
 def load_with_from_pretrained(spec: ModelSpec, source: str, torch_dtype: torch.dtype | None):

@@ -30,8 +30,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from common.cli import DTYPES, device_name, resolve_device_and_dtype  # noqa: E402
-from common.gate import check_gate_step  # noqa: E402
+from common.cli import DTYPES, check_gate_flag, device_name, resolve_device_and_dtype  # noqa: E402
 from common.models import MODELS, TOY_MODEL, CheckpointNotFoundError, ModelSpec, get_model  # noqa: E402
 from eval.fid_data import (  # noqa: E402
     CaptionRecord, CaptionSourceError, CocoCaptions, center_crop_resize, read_captions, write_captions,
@@ -57,6 +56,11 @@ class IncompleteImagesError(RuntimeError):
     """The generated images are missing or not of the expected size."""
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on, as torch's DataLoader counts them for its worker warning."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def default_stats_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tgate" / "fid_stats"
 
@@ -71,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", choices=list(MODELS), default="sd15", help="model of the paper's table (default: sd15)")
     parser.add_argument("--gate", type=int, help="TGATE gate step (default: the paper's example setting for --model, "
-                        "e.g. 10 for sd15)")
+                        "e.g. 10 for sd15); >= --steps gates no step: the stock pipeline, run and labelled as --baseline")
     parser.add_argument("--baseline", action="store_true", help="the stock pipeline without TGATE (the paper's "
                         "baseline rows); cannot be combined with --gate")
     parser.add_argument("--steps", type=int, help="denoising steps (default: the paper's for --model, e.g. 25)")
@@ -110,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stats-dir", type=Path, default=None, help="cache of reference statistics (.npz, "
                         f"keyed by images, size and features; default: {default_stats_dir()})")
     parser.add_argument("--feature-batch-size", type=int, default=50, help="images per Inception call (default 50)")
-    parser.add_argument("--workers", type=int, default=4, help="image-loading processes for the features (default 4)")
+    parser.add_argument("--workers", type=int, default=min(4, usable_cpus()), help="image-loading processes for the "
+                        "features (default 4, or the CPUs this process may use if fewer: more only wait, and torch warns)")
     return parser
 
 
@@ -127,7 +132,12 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, s
         if spec.key != TOY_MODEL and args.coco_root is None:
             raise ValueError("--coco-root DIR is required: COCO's annotations/captions_val2014.json and val2014/")
         args.steps = spec.steps if args.steps is None else args.steps
-        args.gate = None if args.baseline else (spec.gate_step if args.gate is None else check_gate_step(args.gate))
+        if args.gate is not None:
+            check_gate_flag(args.gate, "--baseline")
+        args.gate = None if args.baseline else (spec.gate_step if args.gate is None else args.gate)
+        if args.gate is not None and args.gate >= args.steps >= 1:  # gates no step: the stock pipeline, bit for bit
+            print(f"--gate {args.gate} >= --steps {args.steps} gates no step: the stock pipeline, run as --baseline")
+            args.gate = None
         args.guidance = spec.guidance_scale if args.guidance is None else args.guidance
         for flag, value, low in [("--steps", args.steps, 1), ("--n", args.n, 2), ("--batch-size", args.batch_size, 1),
                                  ("--feature-batch-size", args.feature_batch_size, 1), ("--workers", args.workers, 0),

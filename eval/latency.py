@@ -47,8 +47,7 @@ import transformers  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from common.architectures import build_denoiser, latent_multiple  # noqa: E402
-from common.cli import DTYPES, device_name, resolve_device_and_dtype, synchronize  # noqa: E402
-from common.gate import check_gate_step  # noqa: E402
+from common.cli import DTYPES, check_gate_flag, device_name, resolve_device_and_dtype, synchronize  # noqa: E402
 from common.models import MODELS, CheckpointNotFoundError, ModelSpec, get_model  # noqa: E402
 from common.tiny import tiny_clip_tokenizer  # noqa: E402
 from eval.macs import forward_macs, run_macs  # noqa: E402
@@ -495,7 +494,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if args.steps is not None and args.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {args.steps}")
         if args.gate is not None:
-            check_gate_step(args.gate)
+            check_gate_flag(args.gate)
         if args.repeats < 1:
             raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
         if args.warmup < 0:
@@ -506,7 +505,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             raise ValueError(f"--resolution must be a positive multiple of 8 pixels, got {args.resolution}")
         args.device_resolved, args.dtype_resolved = resolve_device_and_dtype(args.device, args.dtype)
     except ValueError as error:
-        parser.error(str(error).replace("gate_step", "--gate"))
+        parser.error(str(error))
     args.weights = "random" if args.random_weights else "tiny" if args.tiny else "checkpoint"
     args.seed = spec.seed if args.seed is None else args.seed
     return args

@@ -4,9 +4,11 @@ Random Inception weights and 64-d features keep the Inception part fast on a CPU
 """
 
 import json
+import os
 import subprocess
 import sys
 import urllib.error
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -250,6 +252,31 @@ def test_baseline_flag_runs_the_stock_pipeline(tmp_path, tiny_pipe, coco_root, i
     assert (result["gate"], result["tgate"]) == (None, False)
 
 
+def test_a_gate_at_or_after_the_last_step_is_run_and_labelled_as_the_baseline(
+        tmp_path, tiny_pipe, coco_root, inception_cache, monkeypatch, capsys):
+    recording = RecordingPipeline(tiny_pipe)
+    monkeypatch.setattr(fid, "load_pipeline", lambda *args: recording)
+    assert fid.main(fid_argv(coco_root, tmp_path / "run", tmp_path / "stats", "--gate", "3")) == 0  # 3 steps
+    assert recording.gate_steps == [None, None, None]
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert (result["gate"], result["tgate"]) == (None, False)
+    printed = capsys.readouterr().out
+    assert "gates no step" in printed and "| baseline |" in printed and "TGATE gate" not in printed
+    args = fid.build_parser().parse_args(["--tiny", "--coco-root", str(coco_root), "--steps", "3", "--gate", "30"])
+    fid.check_arguments(fid.build_parser(), args, get_model("sd15"))
+    assert args.out.name == "sd15_baseline_tiny"
+
+
+def test_default_workers_fit_the_cpus_without_torchs_warning(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    workers = fid.build_parser().parse_args([]).workers
+    loader = torch.utils.data.DataLoader(list(range(4)), num_workers=workers)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loader.check_worker_number_rationality()
+    assert workers == 2
+
+
 def test_rerun_with_other_settings_refuses_to_mix_images(tmp_path, tiny_pipe, coco_root, inception_cache, monkeypatch, capsys):
     monkeypatch.setattr(fid, "load_pipeline", lambda *args: RecordingPipeline(tiny_pipe, crash_on=1))
     with pytest.raises(SimulatedCrash):
@@ -318,7 +345,8 @@ def test_inception_url_is_pytorch_fids():
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--gate", "0"], "gate_step must be >= 1"),
+        (["--gate", "0"], "--gate must be >= 1 (the guided steps before the gate), got 0; for the stock pipeline "
+         "use --baseline"),
         (["--baseline"], "drop --gate or --baseline"),
         (["--n", "1"], "--n must be >= 2"),
         (["--batch-size", "0"], "--batch-size must be >= 1"),

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from common.cli import generate_main, resolve_device_and_dtype
-from common.models import MODELS, CheckpointNotFoundError
+from common.models import MODELS, CheckpointNotFoundError, looks_like_local_path
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,6 +27,7 @@ def test_generate_script_runs_from_its_folder_and_writes_a_png(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "the image is noise" in result.stdout
     assert Image.open(out).size == (32, 32)
+    assert "kept in float32" not in result.stderr  # diffusers' warning on casting the tiny components
 
 
 @pytest.mark.parametrize("model", ["sd15", "sd21"])
@@ -50,11 +51,11 @@ def test_gate_at_steps_gives_the_stock_image(tmp_path):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--gate", "0"], "gate_step must be >= 1"),
-        (["--gate", "-2"], "gate_step must be >= 1"),
+        (["--gate", "0"], "--gate must be >= 1 (the guided steps before the gate), got 0; for the stock pipeline "
+         "use --gate >= --steps"),
+        (["--gate", "-2"], "--gate must be >= 1"),
         (["--steps", "0"], "--steps must be >= 1"),
         (["--guidance", "-1"], "--guidance must be >= 0"),
-        (["--dtype", "float16", "--device", "cpu"], "float16 does not run on the CPU"),
         (["--model", "somewhere"], "drop --model or --tiny"),
     ],
 )
@@ -69,6 +70,81 @@ def test_non_integer_gate_is_rejected_by_the_parser(capsys):
     with pytest.raises(SystemExit):
         generate_main("sd15", ["--tiny", "--gate", "2.5"])
     assert "invalid int value" in capsys.readouterr().err
+
+
+def unwritable_folder(tmp_path: Path) -> Path:
+    if os.geteuid() != 0:
+        folder = tmp_path / "read-only"
+        folder.mkdir()
+        folder.chmod(0o555)
+        return folder
+    return Path("/proc/self")  # root writes through permission bits; procfs takes no new files
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        (".", "is a folder; give an image file"),
+        ("img.txt", "the file name must end in .png, .jpg, .jpeg, .webp"),
+        ("img", "the file name must end in"),
+        ("a/b/img.png", "is not an existing folder; only a missing last folder (b) is created"),
+        ("file.png/img.png", "is a file, not a folder"),
+        ("unwritable/img.png", "cannot write in"),
+    ],
+)
+def test_out_is_checked_before_any_work(tmp_path, capsys, name, message):
+    (tmp_path / "file.png").write_bytes(b"")
+    out = tmp_path / name if not name.startswith("unwritable") else unwritable_folder(tmp_path) / "img.png"
+    with pytest.raises(SystemExit) as exit_info:
+        generate_main("sd15", ["--tiny", "--steps", "2", "--gate", "1", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 2 and message in captured.err
+    assert captured.out == ""  # stopped before building the pipeline
+
+
+def test_out_creates_a_missing_last_folder_and_writes_jpeg(tmp_path):
+    out = tmp_path / "new" / "img.jpg"
+    assert generate_main("sd15", ["--tiny", "--steps", "2", "--gate", "1", "--out", str(out)]) == 0
+    assert Image.open(out).format == "JPEG"
+
+
+def test_empty_prompt_is_sent_as_is(monkeypatch, tmp_path):
+    import common.cli as cli
+
+    prompts = []
+
+    def recording(pipe, device, seed, **call):
+        prompts.append(call["prompt"])
+        return timed_generation(pipe, device, seed, **call)
+
+    timed_generation = cli.timed_generation
+    monkeypatch.setattr(cli, "timed_generation", recording)
+    argv = ["--tiny", "--steps", "2", "--gate", "1", "--prompt", "", "--out", str(tmp_path / "a.png")]
+    assert generate_main("sd15", argv) == 0
+    assert prompts == [""]
+
+
+def test_float16_runs_on_the_cpu_quietly(tmp_path, capfd):
+    assert resolve_device_and_dtype("cpu", "float16")[1] == torch.float16
+    out = tmp_path / "img.png"
+    assert generate_main("sd15", ["--tiny", "--steps", "2", "--gate", "1", "--dtype", "float16", "--device", "cpu",
+                                  "--out", str(out)]) == 0
+    captured = capfd.readouterr()
+    assert "cpu float16" in captured.out and Image.open(out).size == (32, 32)
+    assert "kept in float32" not in captured.err and "cannot run with `cpu`" not in captured.err
+
+
+@pytest.mark.parametrize("folder", ["/no/such/folder", "./no-such-folder", "../no-such-folder", "~/no-such-folder",
+                                    "models/sd/no-such"])
+def test_missing_local_looking_model_says_the_folder_does_not_exist(tmp_path, capsys, folder):
+    assert generate_main("sd15", ["--model", folder, "--out", str(tmp_path / "img.png")]) == 2
+    err = capsys.readouterr().err
+    assert f"the folder {folder} does not exist" in err and "Repo id" not in err and "Traceback" not in err
+
+
+def test_hub_ids_do_not_look_local():
+    assert not looks_like_local_path("stabilityai/stable-diffusion-2-1") and not looks_like_local_path("gpt2")
+    assert looks_like_local_path("~/weights") and looks_like_local_path("a/b/c")
 
 
 def test_cuda_without_cuda_is_a_clear_error():

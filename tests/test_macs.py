@@ -173,6 +173,17 @@ def test_sd15_reproduces_the_paper_at_gate_5_not_at_the_example_gate_10(tmp_path
     assert "(paper 9.875T, " in printed
 
 
+@pytest.mark.parametrize("gate, macs_tgate_difference", [("5", "-0.021%"), ("10", "-"), ("20", "-"), ("25", "-")])
+def test_macs_w_tgate_is_compared_with_the_paper_at_the_paper_gate_only(capsys, gate, macs_tgate_difference):
+    # the paper's 9.875T is SD-1.5 at gate 5; other gates are other settings, not errors (gate 25 was "+71%")
+    assert macs.main(["--model", "sd15", "--gate", gate]) == 0
+    row, paper, difference = capsys.readouterr().out.splitlines()[1:4]
+    paper_macs_tgate = "9.875T" if gate == "5" else "-"
+    assert paper.split()[1:3] == ["16.938T", paper_macs_tgate] and difference.split()[2] == macs_tgate_difference
+    assert "off the paper" not in row
+    assert ("not compared: the paper's is at gate 5" in row) == (gate in ("10", "20"))
+
+
 def test_a_config_folder_builds_another_checkpoint_of_the_family():
     # LCM-SDXL's UNet folder holds config.json at its root, like the latent-consistency/lcm-sdxl repository.
     denoiser = build_denoiser(MODELS["sdxl"], source=str(CONFIG_ROOT / "lcm_sdxl" / "unet"))
