@@ -8,7 +8,8 @@ The stock pipeline runs its own loop; the hooks do what TGATE does, on the denoi
   ``gate - 1`` (the mean of the uncond and cond halves when ``guided``) and returns that cache from step
   ``gate`` on;
 - from step ``gate`` on, under guidance, each denoiser runs on the first (negative) half of every batch-sized
-  input, and its outputs are doubled back, so the stock guidance formula returns that prediction as is.
+  input (and of inputs repeated per frame, a multiple of the batch), and its outputs are doubled back, so the
+  stock guidance formula returns that prediction as is.
 """
 
 from __future__ import annotations
@@ -19,14 +20,16 @@ from typing import Any, Callable
 import torch
 
 
-def map_batch(tree: Any, batch: int, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
-    """Apply ``fn`` to every tensor of first dimension ``batch`` in a nest of tuples, lists and dicts."""
+def map_batch(tree: Any, batch: int, fn: Callable[[torch.Tensor], torch.Tensor], multiples: bool = False) -> Any:
+    """Apply ``fn`` to every tensor of first dimension ``batch`` (or a multiple of it, with ``multiples``) in a
+    nest of tuples, lists and dicts."""
     if torch.is_tensor(tree):
-        return fn(tree) if tree.ndim and tree.shape[0] == batch else tree
+        size = tree.shape[0] if tree.ndim else 0
+        return fn(tree) if size and (size == batch or (multiples and size % batch == 0)) else tree
     if isinstance(tree, dict):
-        return type(tree)(**{key: map_batch(value, batch, fn) for key, value in tree.items()})
+        return type(tree)(**{key: map_batch(value, batch, fn, multiples) for key, value in tree.items()})
     if isinstance(tree, (list, tuple)):
-        return type(tree)(map_batch(value, batch, fn) for value in tree)
+        return type(tree)(map_batch(value, batch, fn, multiples) for value in tree)
     return tree
 
 
@@ -54,10 +57,10 @@ def hooked_tgate(scheduler, denoisers, gate: int, guided: bool):
         return guided and now["step"] >= gate
 
     def cut(module, args, kwargs):
-        if gated():
+        if gated():  # text repeated per frame (AnimateDiff: 2B x frames) is halved too
             batch = first_tensor(args, kwargs).shape[0]
-            half = lambda t: t[: batch // 2]  # noqa: E731
-            return map_batch(args, batch, half), map_batch(kwargs, batch, half)
+            half = lambda t: t[: t.shape[0] // 2]  # noqa: E731
+            return map_batch(args, batch, half, True), map_batch(kwargs, batch, half, True)
         return None
 
     def double(module, args, kwargs, output):
