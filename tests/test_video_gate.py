@@ -8,11 +8,11 @@ augmentation, per-frame guidance) against the stock pipeline run with plain torc
 import numpy as np
 import pytest
 import torch
-from diffusers import AnimateDiffPipeline, StableVideoDiffusionPipeline
+from diffusers import AnimateDiffPipeline, AnimateDiffVideoToVideoPipeline, StableVideoDiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from AnimateDiff.pipeline import TgateAnimateDiffPipeline
+from AnimateDiff.pipeline import TgateAnimateDiffPipeline, TgateAnimateDiffVideoToVideoPipeline
 from common.tiny_pipelines import tiny_animatediff_components, tiny_svd_components
 from SVD.pipeline import TgateStableVideoDiffusionPipeline
 from tests.hooked_reference import cross_attention, hooked_tgate
@@ -118,6 +118,26 @@ def test_animatediff_motion_modules_keep_running_after_the_gate():
         for handle in handles:
             handle.remove()
     assert runs == [2 * FRAMES] * len(motion) + [FRAMES] * len(motion) * (STEPS - 1)
+
+
+def test_animatediff_video_to_video_counts_the_steps_run_and_equals_the_stock_pipeline_with_tgate_hooks():
+    components = tiny_animatediff_components(seed=0)
+    clip = [IMAGES[0], IMAGES[1], IMAGES[0]]
+
+    def restyle(pipe, **kwargs):
+        return pipe(video=clip, prompt=PROMPTS[:1], strength=0.75, num_inference_steps=STEPS, guidance_scale=GUIDANCE,
+                    generator=torch.Generator().manual_seed(0), output_type="latent", **kwargs).frames
+
+    stock_pipe = quiet(AnimateDiffVideoToVideoPipeline(**components))
+    stock = restyle(stock_pipe)
+    pipe = quiet(TgateAnimateDiffVideoToVideoPipeline(**components))
+    assert torch.equal(restyle(pipe, gate_step=3), stock)  # 3 steps run of 4 at strength 0.75
+    unet = components["unet"]
+    calls = record_denoiser_calls(unet, unet.conv_in, lambda: restyle(pipe, gate_step=2))
+    assert [call.batch for call in calls] == [2 * FRAMES, 2 * FRAMES, FRAMES]
+    with hooked_tgate(stock_pipe.scheduler, [stock_pipe.unet], 2, True):
+        expected = restyle(stock_pipe)
+    assert torch.allclose(restyle(pipe, gate_step=2), expected, atol=1e-5)
 
 
 # --- Stable Video Diffusion --------------------------------------------------------------------------------------
