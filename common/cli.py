@@ -17,6 +17,7 @@ from diffusers.utils import logging as diffusers_logging
 from PIL import Image, ImageDraw
 
 from .models import TOY_MODEL, CheckpointNotFoundError, ModelSpec, get_model
+from .tasks import add_task_arguments, check_task_arguments, task_pipeline
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -63,6 +64,7 @@ def build_parser(specs: dict[str, ModelSpec], variant_flag: str | None) -> argpa
                         "and save both side by side, each with its time (<out>_stock.png, <out>_compare.png)")
     parser.add_argument("--tiny", action="store_true", help="tiny random components built offline, for smoke runs "
                         "without weights: the image is noise")
+    add_task_arguments(parser)
     return parser
 
 
@@ -187,6 +189,7 @@ def generate_main(models: str | dict[str, str], argv: Sequence[str] | None = Non
             raise ValueError(f"--guidance must be >= 0, got {guidance}")
         if args.tiny and args.model:
             raise ValueError("--tiny builds random components and ignores weights: drop --model or --tiny")
+        check_task_arguments(args)
         device, dtype = resolve_device_and_dtype(args.device, args.dtype)
         out = args.out or Path(f"{spec.key}_tgate.png")
         check_out(out)
@@ -204,9 +207,16 @@ def generate_main(models: str | dict[str, str], argv: Sequence[str] | None = Non
             return 2
     # diffusers warns that float16 "will fail" on the CPU; torch 2.14 runs it (tests/test_generate_cli.py)
     pipe = pipe.to(device, silence_dtype_warnings=True)
+    try:
+        pipe, task_call = task_pipeline(pipe, args, dtype)
+    except CheckpointNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except ValueError as error:
+        parser.error(str(error))
 
     prompt = spec.prompt if args.prompt is None else args.prompt  # --prompt "" is an empty prompt
-    call = dict(prompt=prompt, num_inference_steps=steps, guidance_scale=guidance)
+    call = dict(prompt=prompt, num_inference_steps=steps, guidance_scale=guidance, **task_call)
     if args.negative_prompt is not None:  # else the pipeline's own default: PixArt's is "", and None breaks it
         call["negative_prompt"] = args.negative_prompt
     out.parent.mkdir(exist_ok=True)

@@ -158,8 +158,10 @@ def _denoiser_forward(original: Callable, *args, **kwargs) -> Any:
             f"the pipeline says guidance is on, so its denoiser batch [negative, positive] must have an even "
             f"size, but the denoiser got {batch} samples: TGATE cannot tell the two branches apart."
         )
-    # diffusers orders guidance batches [negative x B, positive x B]: keep the negative half.
-    take_first_half = _on_batch_tensors(batch, lambda t: t[: batch // 2])
+    # diffusers orders guidance batches [negative x B, positive x B]: keep the negative half. An input repeated
+    # per sample after the guidance concatenation (AnimateDiff's text, one copy per frame: 2B x frames) has a
+    # multiple of the batch as its first dimension and the same order, so its first half is the negative one.
+    take_first_half = _on_batch_tensors(batch, lambda t: t[: t.shape[0] // 2], multiples=True)
     output = original(*take_first_half(args), **take_first_half(kwargs))
     # Both halves equal: the pipeline's guidance formula then returns this prediction as is.
     return _on_batch_tensors(batch // 2, lambda t: torch.cat([t, t]))(output)
@@ -175,12 +177,18 @@ def _first_tensor(tree: Any) -> torch.Tensor:
     raise LookupError("no tensor among the denoiser's inputs")
 
 
-def _on_batch_tensors(batch: int, fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[Any], Any]:
-    """Map ``fn`` over every tensor in a nest of dicts/lists/tuples whose first dimension is ``batch``."""
+def _on_batch_tensors(
+    batch: int, fn: Callable[[torch.Tensor], torch.Tensor], multiples: bool = False
+) -> Callable[[Any], Any]:
+    """Map ``fn`` over every tensor in a nest of dicts/lists/tuples whose first dimension is ``batch`` (or, with
+    ``multiples``, a multiple of it)."""
+
+    def matches(size: int) -> bool:
+        return size == batch or (multiples and size > batch and size % batch == 0)
 
     def apply(tree: Any) -> Any:
         if torch.is_tensor(tree):
-            return fn(tree) if tree.ndim > 0 and tree.shape[0] == batch else tree
+            return fn(tree) if tree.ndim > 0 and matches(tree.shape[0]) else tree
         if isinstance(tree, dict):  # also diffusers' BaseOutput, an OrderedDict
             return type(tree)(**{key: apply(value) for key, value in tree.items()})
         if isinstance(tree, (list, tuple)):
