@@ -18,7 +18,9 @@ Per evaluation of the denoiser (several per step for Heun, DPM-SDE, PNDM's first
 2. after the gate under guidance it runs the negative half of the batch only, and hands its prediction back
    for both halves, so the pipeline's guidance formula ``uncond + s * (cond - uncond)`` returns it unchanged;
 3. every attention module computes, caches (the mean of the uncond and cond halves at the last guided step)
-   or returns its cache, as the plan says.
+   or returns its cache, as the plan says;
+4. with DeepCache, the UNet's deep modules (those its shallow branch leaves out, see
+   :func:`deepcache_modules`) run and keep their outputs at a caching step, and return them at a partial one.
 """
 
 from __future__ import annotations
@@ -34,20 +36,24 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.models.attention import AttentionModuleMixin
 from diffusers.models.attention_processor import Attention
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 
 from .schedule import CACHE, COMPUTE, REUSE, StepPlan, TgateSchedule, check_gate_step
 
 __all__ = [
     "TgateCall",
     "TgateSchedule",
+    "check_deepcache",
     "check_gate_step",
     "cross_attention_modules",
+    "deepcache_modules",
     "gated_sampling",
     "merge_guidance_halves",
     "self_attention_modules",
 ]
 
 _ATTENTION_HOOK = "tgate_attention"
+_DEEPCACHE_HOOK = "tgate_deepcache"
 _ACTIVE_CALL: contextvars.ContextVar["TgateCall | None"] = contextvars.ContextVar("tgate_call", default=None)
 
 
@@ -61,7 +67,10 @@ class TgateCall:
     follows_loop: bool = False  # set once the sampling loop's progress bar is followed
     plan: StepPlan | None = None  # the plan of the denoiser evaluation in progress
     guided_now: bool = False  # whether that evaluation runs the guidance batch
-    caches: dict[int, torch.Tensor] = field(default_factory=dict)
+    caches: dict[Any, Any] = field(default_factory=dict)
+    # Every hook's cache key, present in ``caches`` from the start (value None): torch.compile guards on the
+    # dict's size where hooks write to it, so a size that never changes keeps one graph per kind of step.
+    cache_keys: tuple = ()
 
     def begin_evaluation(self) -> StepPlan:
         """Called as the denoiser starts: fix the plan and guidance of this evaluation for every hook."""
@@ -77,7 +86,7 @@ class TgateCall:
 
     def follow(self, progress_bar: Any) -> Any:
         """Count steps on the sampling loop's progress bar (``total=`` or iterable form); a new bar restarts."""
-        self.step, self.follows_loop, self.caches = 0, True, {}
+        self.step, self.follows_loop, self.caches = 0, True, dict.fromkeys(self.cache_keys)
         if getattr(progress_bar, "iterable", None) is None:
             update = progress_bar.update
 
@@ -142,6 +151,33 @@ class AttentionGateHook(ModelHook):
 def _batch_size(args: tuple, kwargs: dict) -> int:
     hidden_states = args[0] if args else kwargs["hidden_states"]
     return hidden_states.shape[0]
+
+
+class DeepCacheHook(ModelHook):
+    """Makes one deep module of a UNet keep its output at DeepCache's caching steps and return it at partial ones.
+
+    ``branches``: the ``deepcache_branch`` values whose partial forward leaves this module out while its parent
+    block runs (or it is a block itself): the outermost modules a partial forward skips. Others pass through.
+    """
+
+    def __init__(self, key: int, branches: frozenset[int]) -> None:
+        super().__init__()
+        self.key, self.branches = (_DEEPCACHE_HOOK, key), branches
+
+    def new_forward(self, module: torch.nn.Module, *args, **kwargs) -> Any:
+        call = _ACTIVE_CALL.get()
+        if call is None or call.plan.deepcache == COMPUTE or call.plan.deepcache_branch not in self.branches:
+            return self.fn_ref.original_forward(*args, **kwargs)
+        batch = _batch_size(args, kwargs)
+        if call.plan.deepcache == REUSE:
+            cached = call.caches.get(self.key)
+            # Deep features of another batch size (a callback ended guidance since the last full forward) do
+            # not fit: this forward runs in full and keeps its own, as a DeepCache reset would.
+            if cached is not None and cached[0] == batch:
+                return cached[1]
+        output = self.fn_ref.original_forward(*args, **kwargs)
+        call.caches[self.key] = (batch, output)
+        return output
 
 
 def _denoiser_forward(original: Callable, *args, **kwargs) -> Any:
@@ -218,6 +254,100 @@ def self_attention_modules(denoiser: torch.nn.Module) -> list[torch.nn.Module]:
     ]
 
 
+DEEPCACHE_LAYERS_PER_BLOCK = 3  # DeepCache numbers branches 3 per down block: cache_branch_id = 3 * block + layer
+
+
+def _unet(denoiser: torch.nn.Module) -> UNet2DConditionModel | None:
+    """The UNet behind ``denoiser`` (also a ``torch.compile``'d one), or None if it is not a UNet."""
+    inner = getattr(denoiser, "_orig_mod", denoiser)
+    return inner if isinstance(inner, UNet2DConditionModel) else None
+
+
+def deepcache_branch_count(denoiser: torch.nn.Module) -> int:
+    """How many ``deepcache_branch`` values ``denoiser`` has (3 per down block); a ``ValueError`` if not a UNet."""
+    unet = _unet(denoiser)
+    if unet is None or unet.mid_block is None:
+        raise ValueError(
+            f"DeepCache caches the deep blocks of a UNet (down_blocks, mid_block, up_blocks), and "
+            f"{type(denoiser).__name__} is not a UNet2DConditionModel with a mid block: deepcache_interval and "
+            "deepcache_branch work with the UNet pipelines (SD-1.5, SD-2.1, SDXL, LCM-SDXL)."
+        )
+    return DEEPCACHE_LAYERS_PER_BLOCK * len(unet.down_blocks)
+
+
+def check_deepcache(denoisers: torch.nn.Module | Sequence[torch.nn.Module], schedule: TgateSchedule) -> None:
+    """A ``ValueError`` unless the first of ``denoisers`` is a UNet with ``schedule``'s DeepCache branch.
+
+    The first denoiser is the pipeline's own (a ControlNet after it runs in full at every step)."""
+    if schedule.deepcache_interval is None:
+        return
+    denoiser = denoisers if isinstance(denoisers, torch.nn.Module) else denoisers[0]
+    count = deepcache_branch_count(denoiser)
+    if schedule.deepcache_branch >= count:
+        unet = _unet(denoiser)
+        raise ValueError(
+            f"deepcache_branch must be < {count} for this UNet ({len(unet.down_blocks)} down blocks, DeepCache's "
+            f"numbering: branch b is layer b % 3 of down block b // 3), got {schedule.deepcache_branch}."
+        )
+
+
+def deepcache_modules(denoiser: torch.nn.Module) -> list[tuple[torch.nn.Module, frozenset[int]]]:
+    """The modules a DeepCache partial forward of a UNet leaves out, each with the branches that leave it out.
+
+    DeepCache 0.1.1's ``DeepCacheSDHelper`` rule, for ``cache_branch_id`` b = 3 * B + L: its modules are each
+    down block (layer 0), its attentions and resnets (layer = index) and downsampler (layer = number of
+    resnets); the mid block; each up block counted from the output side (block ``len(up_blocks) - 1 - index``,
+    layer 0), its attentions and resnets counted from the last (layer ``len(resnets) - 1 - index``) and
+    upsampler (layer 0). A partial forward skips the mid block, every block deeper than B, and in block B the
+    down layers ``>= L`` and up layers ``> L``. A skipped module returns its output of the last full forward.
+    Listed here: the outermost skipped ones (their block runs, or they are a block), per branch; their children
+    never run in a partial forward.
+    """
+    unet = _unet(denoiser)
+    if unet is None or unet.mid_block is None:
+        return []
+    entries: list[tuple[torch.nn.Module, str, int, int, Any]] = []  # module, kind, block, layer, parent block
+    for index, block in enumerate(unet.down_blocks):
+        resnets = list(getattr(block, "resnets", None) or [])
+        entries.append((block, "down", index, 0, None))
+        for layer, attention in enumerate(getattr(block, "attentions", None) or []):
+            entries.append((attention, "down", index, layer, block))
+        for layer, resnet in enumerate(resnets):
+            entries.append((resnet, "down", index, layer, block))
+        for downsampler in getattr(block, "downsamplers", None) or []:
+            entries.append((downsampler, "down", index, len(resnets), block))
+    entries.append((unet.mid_block, "mid", 0, 0, None))
+    for position, block in enumerate(unet.up_blocks):
+        index = len(unet.up_blocks) - 1 - position
+        layers = len(getattr(block, "resnets", None) or [])
+        entries.append((block, "up", index, 0, None))
+        for number, attention in enumerate(getattr(block, "attentions", None) or []):
+            entries.append((attention, "up", index, layers - 1 - number, block))
+        for number, resnet in enumerate(getattr(block, "resnets", None) or []):
+            entries.append((resnet, "up", index, layers - 1 - number, block))
+        for upsampler in getattr(block, "upsamplers", None) or []:
+            entries.append((upsampler, "up", index, 0, block))
+
+    def skipped(kind: str, block: int, layer: int, branch: int) -> bool:
+        branch_block, branch_layer = divmod(branch, DEEPCACHE_LAYERS_PER_BLOCK)
+        if kind == "mid" or block > branch_block:
+            return True
+        if block < branch_block:
+            return False
+        return layer >= branch_layer if kind == "down" else layer > branch_layer
+
+    branches = range(DEEPCACHE_LAYERS_PER_BLOCK * len(unet.down_blocks))
+    modules = []
+    for module, kind, block, layer, parent in entries:
+        outermost = frozenset(
+            branch for branch in branches
+            if skipped(kind, block, layer, branch) and not (parent is not None and skipped(kind, block, 0, branch))
+        )
+        if outermost:
+            modules.append((module, outermost))
+    return modules
+
+
 class _Installation:
     """TGATE's hooks on one denoiser, shared by the calls running on it; removed when the last one ends."""
 
@@ -227,6 +357,7 @@ class _Installation:
         self.modules += [(m, False) for m in self_attention_modules(denoiser)]
         if not any(cross for _, cross in self.modules):
             raise ValueError(f"{type(denoiser).__name__} has no cross-attention module for TGATE to gate.")
+        self.deep_modules = deepcache_modules(denoiser)  # empty unless a UNet: they pass through without DeepCache
 
     def install(self) -> None:
         # The denoiser-level hook is a plain forward wrapper, not a HookRegistry hook: it must sit outside a
@@ -237,10 +368,12 @@ class _Installation:
             functools.partial(_denoiser_forward, self.original_forward), self.original_forward
         )
         self.hooked: list[_InstalledHook] = []
+        hooks = [(module, AttentionGateHook(id(module), cross), _ATTENTION_HOOK) for module, cross in self.modules]
+        hooks += [(module, DeepCacheHook(id(module), branch), _DEEPCACHE_HOOK) for module, branch in self.deep_modules]
+        self.cache_keys = tuple(hook.key for _, hook, _ in hooks)
         try:
-            for module, cross in self.modules:
-                hook = AttentionGateHook(id(module), cross)
-                self.hooked.append(_InstalledHook.register(module, hook, _ATTENTION_HOOK))
+            for module, hook, name in hooks:
+                self.hooked.append(_InstalledHook.register(module, hook, name))
         except BaseException:
             self.remove()
             raise
@@ -261,7 +394,7 @@ _INSTALL_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def _hooks_on(denoiser: torch.nn.Module) -> Iterator[None]:
+def _hooks_on(denoiser: torch.nn.Module) -> Iterator[_Installation]:
     with _INSTALL_LOCK:
         installation = _INSTALLATIONS.get(id(denoiser)) or _Installation(denoiser)
         if installation.users == 0:
@@ -269,7 +402,7 @@ def _hooks_on(denoiser: torch.nn.Module) -> Iterator[None]:
             _INSTALLATIONS[id(denoiser)] = installation
         installation.users += 1
     try:
-        yield
+        yield installation
     finally:
         with _INSTALL_LOCK:
             installation.users -= 1
@@ -288,18 +421,21 @@ def gated_sampling(
 
     ``denoisers`` are the models the pipeline calls with the guidance batch at every step: its UNet or
     transformer, and a ControlNet where it has one (it runs on the same single branch after the gate, and its
-    cross-attention is gated too). ``guided`` is the pipeline's guidance state, read at every denoiser
-    evaluation (or a constant). The call's step is the pipeline's step: :meth:`TgateCall.follow` counts it
-    on the loop's progress bar (the pipeline classes do this); code that drives the denoiser itself sets
+    cross-attention is gated too). DeepCache (``schedule.deepcache_interval``) applies to the first, which must
+    be a UNet; a ControlNet runs in full at every step. ``guided`` is the pipeline's guidance state, read at
+    every denoiser evaluation (or a constant). The call's step is the pipeline's step: :meth:`TgateCall.follow`
+    counts it on the loop's progress bar (the pipeline classes do this); code that drives the denoiser itself sets
     ``call.step`` and ``call.follows_loop``.
     """
     if _ACTIVE_CALL.get() is not None:
         raise RuntimeError("a TGATE call is already running in this thread; TGATE calls do not nest.")
     schedule = schedule if isinstance(schedule, TgateSchedule) else TgateSchedule(schedule)
+    check_deepcache(denoisers, schedule)
     call = TgateCall(schedule, guided if callable(guided) else (lambda: guided))
     with contextlib.ExitStack() as hooks:
         for denoiser in [denoisers] if isinstance(denoisers, torch.nn.Module) else denoisers:
-            hooks.enter_context(_hooks_on(denoiser))
+            call.cache_keys += hooks.enter_context(_hooks_on(denoiser)).cache_keys
+        call.caches = dict.fromkeys(call.cache_keys)
         token = _ACTIVE_CALL.set(call)
         try:
             yield call

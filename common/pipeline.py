@@ -10,10 +10,17 @@ import diffusers
 import torch
 from diffusers.pipelines import auto_pipeline
 
-from .gate import active_call, gated_sampling
+from .gate import active_call, check_deepcache, gated_sampling
 from .schedule import TgateSchedule
 
-TGATE_PARAMETERS = {"gate_step": None, "sp_interval": 1, "fi_interval": 1, "warm_up": 0}
+TGATE_PARAMETERS = {
+    "gate_step": None,
+    "sp_interval": 1,
+    "fi_interval": 1,
+    "warm_up": 0,
+    "deepcache_interval": None,
+    "deepcache_branch": 0,
+}
 
 TGATE_DOCSTRING = """
         TGATE (keyword-only, added to the stock arguments above):
@@ -31,6 +38,21 @@ TGATE_DOCSTRING = """
                 TGATE-V2: after the gate, self-attention is computed (and cached) every `fi_interval` steps.
             warm_up (`int`, *optional*, defaults to 0):
                 TGATE-V2: the first `warm_up` steps compute self-attention without caching it.
+            deepcache_interval (`int`, *optional*, defaults to `None`):
+                DeepCache (UNet pipelines only): the UNet runs in full every `deepcache_interval` steps and in
+                between only its shallow branch `deepcache_branch`, the deeper blocks returning their outputs of
+                the last full step. With a `gate_step`, steps `gate_step - 1` and `gate_step` both run in full and
+                the interval restarts at the gate (the official TGATE + DeepCache combination; its defaults are
+                `deepcache_interval=3, deepcache_branch=0`). `gate_step=None` with an interval > 1 is DeepCache
+                alone, as DeepCache 0.1.1's `DeepCacheSDHelper.set_params(cache_interval, cache_branch_id)`.
+                `None` or 1 is no DeepCache (TGATE alone, bit for bit).
+            deepcache_branch (`int`, *optional*, defaults to 0):
+                DeepCache's `cache_branch_id`: the shallow branch a partial forward runs. With `B = b // 3` and
+                `L = b % 3` (DeepCache counts three layers per down block: its resnet/attention pairs, then its
+                downsampler), that is the down blocks before `B`, the layers before `L` of down block `B`, the last
+                `L + 1` layers of the up block of the same level and the up blocks after it (plus the UNet's input
+                and output layers); everything deeper, the mid block included, returns its output of the last full
+                step. 0 is the shallowest branch; valid: `0 .. 3 * len(unet.down_blocks) - 1` (SD 0..11, SDXL 0..8).
 """
 
 
@@ -39,7 +61,8 @@ class TgateMixin:
 
     ``pipe(..., gate_step=None)`` is the stock pipeline; ``gate_step=g`` runs ``g`` stock steps, caches
     cross-attention at step ``g - 1`` and runs the remaining steps with the cache and without guidance
-    (``sp_interval``, ``fi_interval``, ``warm_up`` add TGATE-V2's self-attention caching). The subclass keeps
+    (``sp_interval``, ``fi_interval``, ``warm_up`` add TGATE-V2's self-attention caching;
+    ``deepcache_interval``, ``deepcache_branch`` add DeepCache, with or without a gate). The subclass keeps
     the stock ``__call__``'s signature and docstring, plus TGATE's. The denoiser is ``unet`` or
     ``transformer``, whichever the pipeline has; everything else is the parent pipeline's own code.
 
@@ -92,11 +115,10 @@ class TgateMixin:
         return bar if call is None else call.follow(bar)
 
     def _tgate_call(self, stock_call: Callable, args: tuple, kwargs: dict, tgate: dict[str, Any]):
-        if tgate["gate_step"] is None:
-            if any(tgate[name] != TGATE_PARAMETERS[name] for name in ("sp_interval", "fi_interval", "warm_up")):
-                raise ValueError("sp_interval, fi_interval and warm_up are TGATE-V2 settings: they need a gate_step.")
-            return stock_call(self, *args, **kwargs)
         schedule = TgateSchedule(**tgate)
+        check_deepcache(self.denoisers, schedule)
+        if schedule.is_stock:  # no gate and no DeepCache
+            return stock_call(self, *args, **kwargs)
         call = inspect.signature(stock_call).bind(self, *args, **kwargs)
         call.apply_defaults()
         guided = self.guidance_state(call.arguments.get("guidance_scale", 1.0))

@@ -26,7 +26,7 @@ from SD_1_5.pipeline import (
 from SDXL.pipeline import TgateStableDiffusionXLImg2ImgPipeline, TgateStableDiffusionXLPipeline
 from tests.tgate_checks import pipeline_is_stock, quiet
 
-TGATE_PARAMETERS = ["gate_step", "sp_interval", "fi_interval", "warm_up"]
+TGATE_PARAMETERS = ["gate_step", "sp_interval", "fi_interval", "warm_up", "deepcache_interval", "deepcache_branch"]
 
 
 def run(pipe, seed=0, steps=4, **kwargs):
