@@ -128,7 +128,7 @@ def test_registry_entry_has_the_official_readme_settings():
     spec = MODELS["pixart_sigma"]
     assert spec.checkpoint == "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS"
     assert (spec.steps, spec.gate_step, spec.guidance_scale, spec.resolution) == (25, 15, 4.5, 1024)
-    assert (spec.sp_interval, spec.fi_interval, spec.warm_up) == (3, 1, 2)  # TGATE-V2's, not passed on yet
+    assert (spec.sp_interval, spec.fi_interval, spec.warm_up) == (3, 1, 2)  # TGATE-V2's: generate.py's defaults
     assert spec.scheduler is None and spec.seed == MODELS["pixart_alpha"].seed
     assert spec.prompt == "an astronaut sitting in a diner, eating fries, cinematic, analog film."
     assert (MODELS["pixart_alpha"].sp_interval, MODELS["pixart_alpha"].fi_interval,
