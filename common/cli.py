@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw
 
 from .models import TOY_MODEL, CheckpointNotFoundError, ModelSpec, get_model
 from .tasks import add_task_arguments, check_task_arguments, task_pipeline
+from .schedule import check_int
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -45,6 +46,13 @@ def build_parser(specs: dict[str, ModelSpec], variant_flag: str | None) -> argpa
     parser.add_argument("--steps", type=int, help=f"denoising steps (default: the paper's, {default.steps})")
     parser.add_argument("--gate", type=int, help="gate step: guided steps before cross-attention is cached and "
                         f"guidance dropped; >= --steps is stock (default: the paper's, {default.gate_step})")
+    parser.add_argument("--sp-interval", type=int, help="TGATE-V2: before the gate, self-attention is computed and "
+                        "cached every N steps after the warm-up and returns its cache in between; 1 = every step, v1 "
+                        f"(default: the model's, {default.sp_interval}). Above 1, even a gate >= --steps is not stock")
+    parser.add_argument("--fi-interval", type=int, help="TGATE-V2: after the gate, self-attention is computed and "
+                        f"cached every N steps; 1 = every step (default: the model's, {default.fi_interval})")
+    parser.add_argument("--warm-up", type=int, help="TGATE-V2: the first N steps compute self-attention without "
+                        f"caching it (default: the model's, {default.warm_up})")
     parser.add_argument("--guidance", type=float, help="classifier-free guidance scale; <= 1 turns guidance off "
                         f"(default: the paper's, {default.guidance_scale})")
     parser.add_argument("--seed", type=int, help=f"seed of the initial noise (default: the paper's, {default.seed})")
@@ -181,10 +189,14 @@ def generate_main(models: str | dict[str, str], argv: Sequence[str] | None = Non
     gate = spec.gate_step if args.gate is None else args.gate
     guidance = spec.guidance_scale if args.guidance is None else args.guidance
     seed = spec.seed if args.seed is None else args.seed
+    given = {"sp_interval": args.sp_interval, "fi_interval": args.fi_interval, "warm_up": args.warm_up}
+    v2 = {name: getattr(spec, name) if value is None else value for name, value in given.items()}
     try:
         if steps < 1:
             raise ValueError(f"--steps must be >= 1, got {steps}")
         check_gate_flag(gate)
+        for name, minimum in (("sp_interval", 1), ("fi_interval", 1), ("warm_up", 0)):
+            check_int("--" + name.replace("_", "-"), v2[name], minimum)
         if guidance < 0:
             raise ValueError(f"--guidance must be >= 0, got {guidance}")
         if args.tiny and args.model:
@@ -220,12 +232,14 @@ def generate_main(models: str | dict[str, str], argv: Sequence[str] | None = Non
     if args.negative_prompt is not None:  # else the pipeline's own default: PixArt's is "", and None breaks it
         call["negative_prompt"] = args.negative_prompt
     out.parent.mkdir(exist_ok=True)
+    v1 = (v2["sp_interval"], v2["fi_interval"]) == (1, 1)
+    v2_note = "" if v1 else f" | V2: sp {v2['sp_interval']}, fi {v2['fi_interval']}, warm-up {v2['warm_up']}"
     print(f"{spec.title} | {'tiny random' if args.tiny else args.model or spec.checkpoint} | {steps} steps, "
-          f"gate {gate}, guidance {guidance}, seed {seed} | {device} {str(dtype).removeprefix('torch.')}")
+          f"gate {gate}, guidance {guidance}, seed {seed}{v2_note} | {device} {str(dtype).removeprefix('torch.')}")
     if args.compare:  # warm up kernels and caches so neither timed run pays for them
         pipe(**{**call, "num_inference_steps": 2}, output_type="latent")
 
-    image, seconds = timed_generation(pipe, device, seed, gate_step=gate, **call)
+    image, seconds = timed_generation(pipe, device, seed, gate_step=gate, **v2, **call)
     image.save(out)
     print(f"TGATE  {seconds:7.2f} s -> {out}")
     if args.compare:

@@ -53,7 +53,7 @@ class ModelSpec:
     configs: str | None = None  # folder of the component configs, where it is not model_configs/<key>
     # Components whose architecture config is another registry model's: (component, that model's key).
     configs_from: tuple[tuple[str, str], ...] = ()
-    # TGATE-V2's self-attention settings (the official README's); recorded here, not yet passed to the pipeline.
+    # TGATE-V2's self-attention settings (the official README's): the defaults of generate.py and the eval scripts.
     # The defaults are v1: self-attention computed at every step.
     sp_interval: int = 1
     fi_interval: int = 1

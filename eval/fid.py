@@ -32,6 +32,7 @@ from PIL import Image  # noqa: E402
 
 from common.cli import DTYPES, check_gate_flag, device_name, resolve_device_and_dtype  # noqa: E402
 from common.models import MODELS, TOY_MODEL, CheckpointNotFoundError, ModelSpec, get_model  # noqa: E402
+from common.schedule import check_int  # noqa: E402
 from eval.fid_data import (  # noqa: E402
     CaptionRecord, CaptionSourceError, CocoCaptions, center_crop_resize, read_captions, write_captions,
     write_json_atomically,
@@ -45,6 +46,8 @@ from eval.fid_toy import DigitFeatures, ToyDigitCaptions, classifier_weights  # 
 
 PAPER_N = 10_000
 TINY_WARNING = "[--tiny] tiny random components, not the real model: the images are noise and the FID means nothing."
+# TGATE-V2's settings, their minimum and their v1 value (what a run.json written before them recorded)
+V2_SETTINGS = (("sp_interval", 1, 1), ("fi_interval", 1, 1), ("warm_up", 0, 0))
 VERSIONED = ["torch", "diffusers", "transformers", "accelerate", "pytorch-fid", "pycocotools", "numpy", "scipy", "pillow"]
 
 
@@ -76,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", choices=list(MODELS), default="sd15", help="model of the paper's table (default: sd15)")
     parser.add_argument("--gate", type=int, help="TGATE gate step (default: the paper's example setting for --model, "
                         "e.g. 10 for sd15); >= --steps gates no step: the stock pipeline, run and labelled as --baseline")
+    parser.add_argument("--sp-interval", type=int, help="TGATE-V2: before the gate, self-attention is computed and "
+                        "cached every N steps after the warm-up and returns its cache in between (default: the "
+                        "model's: 1 = v1, every step; 3 for pixart_sigma)")
+    parser.add_argument("--fi-interval", type=int, help="TGATE-V2: after the gate, self-attention is computed and "
+                        "cached every N steps (default: the model's, 1)")
+    parser.add_argument("--warm-up", type=int, help="TGATE-V2: the first N steps compute self-attention without "
+                        "caching it (default: the model's: 0; 2 for pixart_sigma)")
     parser.add_argument("--baseline", action="store_true", help="the stock pipeline without TGATE (the paper's "
                         "baseline rows); cannot be combined with --gate")
     parser.add_argument("--steps", type=int, help="denoising steps (default: the paper's for --model, e.g. 25)")
@@ -101,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--captions", type=Path, help="use this caption list instead of sampling one: the "
                         "captions.json an earlier run wrote, or a JSON list of {image_id, caption} objects")
     parser.add_argument("--out", type=Path, help="output folder: captions.json, images/, result.json "
-                        "(default: results/fid/<model>_gate<G> or _baseline, _tiny with --tiny)")
+                        "(default: results/fid/<model>_gate<G> (TGATE-V2: _gate<G>_sp<S>_fi<F>_wu<W>) or _baseline, "
+                        "_tiny with --tiny)")
     parser.add_argument("--checkpoint", help="hub id or local diffusers folder of the weights (default: the "
                         "model's checkpoint)")
     parser.add_argument("--tiny", action="store_true", help="tiny random components built offline, for smoke "
@@ -124,6 +135,9 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, s
     try:
         if args.baseline and args.gate is not None:
             raise ValueError("--baseline runs the stock pipeline: drop --gate or --baseline")
+        if args.baseline and any(getattr(args, name) is not None for name, _, _ in V2_SETTINGS):
+            raise ValueError("--baseline runs the stock pipeline: drop --sp-interval, --fi-interval, --warm-up "
+                             "or --baseline")
         if args.tiny and args.checkpoint:
             raise ValueError("--tiny builds random components and ignores weights: drop --checkpoint or --tiny")
         if spec.key == TOY_MODEL and (args.coco_root or args.inception_weights):
@@ -139,6 +153,12 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, s
             print(f"--gate {args.gate} >= --steps {args.steps} gates no step: the stock pipeline, run as --baseline")
             args.gate = None
         args.guidance = spec.guidance_scale if args.guidance is None else args.guidance
+        args.v2 = {}  # a TGATE run's sp_interval, fi_interval, warm_up (the registry model's by default)
+        if args.gate is not None:
+            for name, minimum, _ in V2_SETTINGS:
+                value = getattr(args, name)
+                args.v2[name] = check_int("--" + name.replace("_", "-"), getattr(spec, name) if value is None
+                                          else value, minimum)
         for flag, value, low in [("--steps", args.steps, 1), ("--n", args.n, 2), ("--batch-size", args.batch_size, 1),
                                  ("--feature-batch-size", args.feature_batch_size, 1), ("--workers", args.workers, 0),
                                  ("--resolution", args.resolution, 8), ("--guidance", args.guidance, 0)]:
@@ -148,9 +168,25 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, s
             raise ValueError(f"--resolution must be a multiple of 8, got {args.resolution}")
     except ValueError as error:
         parser.error(str(error))
-    run_name = f"{spec.key}_{'baseline' if args.gate is None else f'gate{args.gate}'}{'_tiny' if args.tiny else ''}"
+    name = "baseline" if args.gate is None else f"gate{args.gate}{v2_suffix(args.v2)}"
+    run_name = f"{spec.key}_{name}{'_tiny' if args.tiny else ''}"
     args.out = args.out or Path("results") / "fid" / run_name
     args.stats_dir = args.stats_dir or default_stats_dir()
+
+
+def v2_suffix(v2: dict) -> str:
+    """``_sp5_fi1_wu2`` for a TGATE-V2 run, nothing for v1 (sp = fi = 1) or the baseline."""
+    if not v2 or (v2["sp_interval"], v2["fi_interval"]) == (1, 1):
+        return ""
+    return f"_sp{v2['sp_interval']}_fi{v2['fi_interval']}_wu{v2['warm_up']}"
+
+
+def describe(args: argparse.Namespace) -> str:
+    """'baseline', 'gate 10' or 'gate 10, sp 5, fi 1, warm-up 2'."""
+    if args.gate is None:
+        return "baseline"
+    return f"gate {args.gate}" + (", sp {sp_interval}, fi {fi_interval}, warm-up {warm_up}".format(**args.v2)
+                                  if v2_suffix(args.v2) else "")
 
 
 def caption_list(args: argparse.Namespace, source: CocoCaptions) -> list[CaptionRecord]:
@@ -208,7 +244,9 @@ def check_run_settings(out: Path, settings: dict) -> None:
     path = out / "run.json"
     if path.exists():
         recorded = json.loads(path.read_text())
-        different = {key: (recorded.get(key), value) for key, value in settings.items() if recorded.get(key) != value}
+        v1 = {name: value for name, _, value in V2_SETTINGS} if recorded.get("gate") is not None else {}
+        different = {key: (recorded.get(key, v1.get(key)), value) for key, value in settings.items()
+                     if recorded.get(key, v1.get(key)) != value}
         if different:
             listed = ", ".join(f"{key}: {old!r} there, {new!r} now" for key, (old, new) in different.items())
             raise RunMismatchError(f"{out} holds images of a run with other settings ({listed}). "
@@ -338,6 +376,7 @@ def compute_result(args, spec: ModelSpec, records, settings: dict, weights: Path
         "tiny": args.tiny,
         "tgate": args.gate is not None,
         **{key: settings[key] for key in ("gate", "steps", "guidance_scale", "resolution", "seed", "dtype")},
+        **args.v2,  # a TGATE run's sp_interval, fi_interval, warm_up
         "n": len(records),
         "seconds_per_image": totals["seconds_per_image"],
         "seconds_per_image_note": "generation wall time / images, summed over processes and resumed runs, at "
@@ -372,17 +411,18 @@ def generate_share(args, spec: ModelSpec, state, device: torch.device, dtype: to
     pipe.set_progress_bar_config(disable=True)
     resolution = args.resolution or (pipe.native_resolution if args.tiny else spec.resolution)
     settings = {"model": spec.key, "checkpoint": "tiny" if args.tiny else args.checkpoint or spec.checkpoint,
-                "gate": args.gate, "steps": args.steps, "guidance_scale": args.guidance, "resolution": resolution,
-                "seed": args.seed, "dtype": str(dtype).removeprefix("torch."), "captions_sha256": records_sha256(records)}
+                "gate": args.gate, **args.v2, "steps": args.steps, "guidance_scale": args.guidance,
+                "resolution": resolution, "seed": args.seed, "dtype": str(dtype).removeprefix("torch."),
+                "captions_sha256": records_sha256(records)}
     if state.is_main_process:
         check_run_settings(args.out, settings)
     state.wait_for_everyone()
 
-    print(f"{spec.title} | {settings['checkpoint']} | {'baseline' if args.gate is None else f'TGATE gate {args.gate}'}"
+    print(f"{spec.title} | {settings['checkpoint']} | {'baseline' if args.gate is None else f'TGATE {describe(args)}'}"
           f" | {args.steps} steps, guidance {args.guidance}, {resolution}px | {len(records)} captions | "
           f"process {state.process_index}/{state.num_processes} on {device}")
     call = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, height=resolution, width=resolution,
-                gate_step=args.gate)
+                gate_step=args.gate, **args.v2)
     report = generate_images(pipe, records, args.out / "images", seed=args.seed, batch_size=args.batch_size,
                              call=call, rank=state.process_index, world=state.num_processes,
                              timing_path=args.out / "timing" / f"{uuid.uuid4().hex}.json")
@@ -435,7 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_json_atomically(args.out / "result.json", result)
     scored = "".join(f", {key} {result[key]:.1%}" for key in ("accuracy",) if key in result)
     print(f"{result['metric']} {result.get('fid', result.get('distance')):.3f}{scored} ({spec.title}, "
-          f"{'baseline' if args.gate is None else f'gate {args.gate}'}, {args.steps} steps, n={len(records)}; "
+          f"{describe(args)}, {args.steps} steps, n={len(records)}; "
           f"statistics in {time.perf_counter() - start:.0f} s) -> {args.out / 'result.json'}")
     for warning in result["warnings"]:
         print(f"warning: {warning}")

@@ -9,12 +9,13 @@ alike; the report gives the median over the rounds and the spread (min, max).
 
 - stock: the diffusers pipeline class itself (``StableDiffusionPipeline``, ...), sharing the TGATE
   pipeline's components through ``from_pipe``;
-- TGATE: the project's pipeline with ``gate_step``;
+- TGATE: the project's pipeline with ``gate_step`` (and TGATE-V2's ``--sp-interval --fi-interval --warm-up``,
+  by default the registry model's: v1 for the v1 table's models, the V2 README's 3/1/2 for PixArt-Sigma);
 - with ``--overhead`` (or a gate >= steps): the TGATE pipeline with a gate at the last step, where its hooks
   are installed and no step is gated: the cost of the hooks alone, against stock;
-- when the official ``tgate`` package is importable: its cross-attention-only mode (``sp_interval=1,
-  fi_interval=1, warm_up=0``) on the same components. It rewrites the attention modules' ``forward`` and
-  leaves a cache on them, so their state is restored after each of its runs.
+- when the official ``tgate`` package is importable: the same gate and intervals on the same components (its
+  cross-attention-only mode at ``sp_interval=1, fi_interval=1, warm_up=0``). It rewrites the attention modules'
+  ``forward`` and leaves a cache on them, so their state is restored after each of its runs.
 
 Weights: the checkpoint of the registry model (the Hugging Face cache or a local folder), or with
 ``--random-weights`` the full real architecture built from ``common/model_configs`` with random weights
@@ -49,10 +50,13 @@ from tqdm import tqdm  # noqa: E402
 from common.architectures import build_denoiser, latent_multiple  # noqa: E402
 from common.cli import DTYPES, check_gate_flag, device_name, resolve_device_and_dtype, synchronize  # noqa: E402
 from common.models import MODELS, CheckpointNotFoundError, ModelSpec, get_model  # noqa: E402
+from common.schedule import check_int  # noqa: E402
 from common.tiny import tiny_clip_tokenizer  # noqa: E402
-from eval.macs import forward_macs, run_macs  # noqa: E402
+from eval.macs import V1_INTERVALS, StepCounter, format_intervals, schedule_of  # noqa: E402
 
-JSON_KEYS = ("model", "device", "steps", "gate", "resolution", "baseline_s", "tgate_s", "speedup")
+JSON_KEYS = ("model", "device", "steps", "gate", "sp_interval", "fi_interval", "warm_up", "resolution", "baseline_s",
+             "tgate_s", "speedup")
+V2_FLAGS = (("sp_interval", 1), ("fi_interval", 1), ("warm_up", 0))  # TGATE-V2's settings and their minimum
 # Text encoders above this size are not built with random weights: PixArt's T5-XXL encoder (4.76B parameters,
 # 19 GB in float32) does not fit this project's CPUs, and no T5 tokenizer is available offline. Random prompt
 # embeddings of the encoder's output shape are passed instead.
@@ -66,6 +70,7 @@ OFFICIAL_LOADERS = {  # the diffusers pipeline class -> the official package's l
     "StableDiffusionPipeline": "TgateSDLoader",
     "StableDiffusionXLPipeline": "TgateSDXLLoader",
     "PixArtAlphaPipeline": "TgatePixArtAlphaLoader",
+    "PixArtSigmaPipeline": "TgatePixArtSigmaLoader",
 }
 WEIGHT_NOTES = {
     "checkpoint": "real checkpoint weights",
@@ -243,18 +248,21 @@ class OfficialPackageError(RuntimeError):
     """The official tgate package failed on this pipeline."""
 
 
-def official_variant(pipe: Any, settings: dict[str, Any], seed: int, gate: int, guided: bool) -> Callable | None:
-    """A run of the official ``tgate`` package's cross-attention-only mode on ``pipe``'s components, or None
-    when the package is not installed. Each run restores the modules it rewrites."""
+def official_variant(pipe: Any, settings: dict[str, Any], seed: int, gate: int, guided: bool,
+                     intervals: tuple[int, int, int] = V1_INTERVALS) -> Callable | None:
+    """A run of the official ``tgate`` package on ``pipe``'s components at the same gate and V2 intervals (its
+    cross-attention-only mode at v1's), or None when the package is not installed. Each run restores the
+    modules it rewrites."""
     if importlib.util.find_spec("tgate") is None:
         return None
     stock = stock_pipeline(pipe)
     loader = getattr(importlib.import_module("tgate"), OFFICIAL_LOADERS[type(stock).__name__])
     official = loader(stock)
     official.set_progress_bar_config(disable=True)
-    # sp_interval = fi_interval = 1 and no warm-up: cross-attention cached at the gate, self-attention computed
-    run = seeded(official.tgate, settings, seed, gate_step=gate, sp_interval=1, fi_interval=1, warm_up=0,
-                 lcm=not guided)
+    # v1 (sp_interval = fi_interval = 1, no warm-up): cross-attention cached at the gate, self-attention computed
+    sp_interval, fi_interval, warm_up = intervals
+    run = seeded(official.tgate, settings, seed, gate_step=gate, sp_interval=sp_interval, fi_interval=fi_interval,
+                 warm_up=warm_up, lcm=not guided)
 
     def run_restoring_modules() -> None:
         with restored_module_state(pipe.denoiser):
@@ -342,12 +350,14 @@ def load_average() -> list[float] | None:
     return None
 
 
-def macs_prediction(pipe: Any, resolution: int, steps: int, gate: int, guided: bool) -> dict[str, Any]:
+def macs_prediction(pipe: Any, resolution: int, steps: int, gate: int, guided: bool,
+                    intervals: tuple[int, int, int] = V1_INTERVALS) -> dict[str, Any]:
     """eval/macs.py's count for the timed denoiser's architecture (a weightless copy on the meta device)."""
     denoiser = pipe.denoiser
     with torch.device("meta"):
         architecture = type(denoiser).from_config(denoiser.config).eval()
-    baseline, tgate = run_macs(forward_macs(architecture, resolution, guided, pipe.vae_scale_factor), steps, gate)
+    counter = StepCounter(architecture, resolution, guided, pipe.vae_scale_factor)
+    baseline, tgate = counter.run_macs(steps, schedule_of(gate, intervals))
     return {"macs_baseline": baseline, "macs_tgate": tgate, "macs_speedup": baseline / tgate}
 
 
@@ -377,6 +387,8 @@ def run(args: argparse.Namespace, progress: bool = True) -> dict[str, Any]:
     pipe = built.pipe
     steps = spec.steps if args.steps is None else args.steps
     gate = spec.gate_step if args.gate is None else args.gate
+    intervals = tuple(args.intervals)
+    v1 = intervals[:2] == (1, 1)
     resolution = args.resolution or pipe.native_resolution
     multiple = latent_multiple(pipe.denoiser)
     if resolution % multiple:
@@ -387,11 +399,12 @@ def run(args: argparse.Namespace, progress: bool = True) -> dict[str, Any]:
         each.set_progress_bar_config(disable=True)
 
     settings = call_settings(stock, built.prompt_inputs, steps, resolution, spec.guidance_scale)
+    v2 = dict(zip(("sp_interval", "fi_interval", "warm_up"), intervals))
     variants = {"baseline": seeded(stock, settings, args.seed),
-                "tgate": seeded(pipe, settings, args.seed, gate_step=gate)}
-    if args.overhead and gate < steps:
+                "tgate": seeded(pipe, settings, args.seed, gate_step=gate, **v2)}
+    if args.overhead and (gate < steps or not v1):  # V2 caches self-attention even where no step is gated
         variants["no_gate"] = seeded(pipe, settings, args.seed, gate_step=steps)
-    official = official_variant(pipe, settings, args.seed, gate, guided) if args.official else None
+    official = official_variant(pipe, settings, args.seed, gate, guided, intervals) if args.official else None
     if official is not None:
         variants["official"] = official
 
@@ -404,6 +417,7 @@ def run(args: argparse.Namespace, progress: bool = True) -> dict[str, Any]:
         "torch_device": str(args.device_resolved),
         "steps": steps,
         "gate": gate,
+        **v2,
         "resolution": resolution,
         "baseline_s": timings["baseline"].median,
         "tgate_s": timings["tgate"].median,
@@ -422,14 +436,14 @@ def run(args: argparse.Namespace, progress: bool = True) -> dict[str, Any]:
         "repeats": args.repeats,
         "warmup": args.warmup,
         "timings": {name: timing.summary() for name, timing in timings.items()},
-        **macs_prediction(pipe, resolution, steps, gate, guided),
+        **macs_prediction(pipe, resolution, steps, gate, guided, intervals),
         "load_average_before": load_before,
         "load_average_after": load_average(),
         "versions": {name: importlib.import_module(name).__version__ for name in ("torch", "diffusers")},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     # The hooks' cost alone: the TGATE pipeline with no step gated, against stock.
-    no_gate = timings["tgate"] if gate >= steps else timings.get("no_gate")
+    no_gate = timings["tgate"] if gate >= steps and v1 else timings.get("no_gate")
     record["overhead_pct"] = 100 * (no_gate.median / timings["baseline"].median - 1) if no_gate else None
     if "official" in timings:
         record["official_tgate_s"] = timings["official"].median
@@ -460,6 +474,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gate", type=int, metavar="N",
                         help="gate step: steps run stock before cross-attention is cached and guidance dropped; "
                         ">= --steps gates nothing and measures the hooks' overhead (default: the model's paper setting)")
+    parser.add_argument("--sp-interval", type=int, metavar="N", help="TGATE-V2: before the gate, self-attention is "
+                        "computed and cached every N steps after the warm-up and returns its cache in between "
+                        "(default: the registry model's: 1 = v1, every step; 3 for pixart_sigma)")
+    parser.add_argument("--fi-interval", type=int, metavar="N", help="TGATE-V2: after the gate, self-attention is "
+                        "computed and cached every N steps (default: the registry model's, 1)")
+    parser.add_argument("--warm-up", type=int, metavar="N", help="TGATE-V2: the first N steps compute "
+                        "self-attention without caching it (default: the registry model's: 0; 2 for pixart_sigma)")
     parser.add_argument("--steps", type=int, metavar="N", help="sampling steps (default: the model's paper setting)")
     parser.add_argument("--resolution", type=int, metavar="PIXELS",
                         help="image side in pixels (default: the model's native size, e.g. 512 for SD-1.5, "
@@ -495,6 +516,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             raise ValueError(f"--steps must be >= 1, got {args.steps}")
         if args.gate is not None:
             check_gate_flag(args.gate)
+        args.intervals = [getattr(spec, name) if getattr(args, name) is None else getattr(args, name)
+                          for name, _ in V2_FLAGS]
+        for (name, minimum), value in zip(V2_FLAGS, args.intervals):
+            check_int("--" + name.replace("_", "-"), value, minimum)
         if args.repeats < 1:
             raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
         if args.warmup < 0:
@@ -513,13 +538,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def report(record: dict[str, Any]) -> str:
     timings = record["timings"]
-    labels = {"baseline": "stock", "tgate": f"TGATE (gate {record['gate']})",
+    intervals = (record["sp_interval"], record["fi_interval"], record["warm_up"])
+    v1 = intervals[:2] == (1, 1)
+    v2 = "" if v1 else f", {format_intervals(intervals)}"
+    short = "" if v1 else ", sp {}/fi {}/wu {}".format(*intervals)
+    labels = {"baseline": "stock", "tgate": f"TGATE (gate {record['gate']}{short})",
               "no_gate": f"TGATE, gate {record['steps']} (no step gated)", "official": "official tgate package"}
     device = record["device"] + (f", torch threads: {record['torch_threads']}" if record["torch_threads"] else "")
     lines = [
         f"{record['title']} | {record['weights_note']}",
         f"{record['torch_device']}: {device} | {record['dtype']} | {record['resolution']} px, {record['steps']} steps, "
-        f"gate {record['gate']}, guidance {record['guidance_scale']}, seed {record['seed']}",
+        f"gate {record['gate']}{v2}, guidance {record['guidance_scale']}, seed {record['seed']}",
         *(f"  note: {note}" for note in record["setup_notes"]),
         f"{record['repeats']} timed runs of each after {record['warmup']} warm-up, interleaved; seconds per image:",
         f"  {'':<34}{'median':>9}{'min':>9}{'max':>9}",

@@ -1,9 +1,11 @@
 """MACs and parameters of each model's denoiser over one sampling run, stock and with TGATE, beside the paper's.
 
 Run from the repository root: ``python eval/macs.py`` (``--help`` for the flags). Offline, in about a
-minute on a CPU for the table's six models: the real denoisers are built from their architecture configs on
+minute on a CPU for the table's models: the real denoisers are built from their architecture configs on
 the ``meta`` device (no weights, no memory) and calflops counts one forward of each kind of step, run
-through the project's own gate (``common.gate``):
+through the project's own gate (``common.gate``). A kind of step is a :class:`~common.schedule.StepPlan`:
+what cross- and self-attention do (compute, cache, reuse) and whether the denoiser runs the guidance batch
+or one branch. For v1 (cross-attention only) there are three:
 
 - guided: a step before ``gate - 1``, on ``[uncond, cond]`` (batch 2) under guidance, batch 1 without (LCM);
   the hooks pass it through unchanged, so it is also every step of the stock baseline;
@@ -11,15 +13,22 @@ through the project's own gate (``common.gate``):
 - gated: a step from the gate on, where the guidance-cut hook halves the batch and cross-attention returns
   its cache.
 
-A sampling run of ``steps`` steps with gate ``g`` then costs ``(g - 1) x guided + caching + (steps - g) x
-gated`` (a gate ``g >= steps`` gates no step), the stock run ``steps x guided``. Parameters "w/ TGATE" are the
-denoiser's minus those of its cross-attention modules, which no longer run after the gate (the paper's
-convention).
+A v1 run of ``steps`` steps with gate ``g`` then costs ``(g - 1) x guided + caching + (steps - g) x gated``
+(a gate ``g >= steps`` gates no step), the stock run ``steps x guided``. TGATE-V2 (``--sp-interval
+--fi-interval --warm-up``) adds the steps where self-attention returns its cache: the run is walked step by
+step through its schedule, each distinct plan counted once, and the total is the sum over the steps.
+Parameters "w/ TGATE" are the denoiser's minus those of its cross-attention modules, which no longer run
+after the gate (the paper's convention).
+
+Without arguments it prints two tables: the v1 release table's models at their example scripts' settings
+(plus the gate that matches the paper where that setting does not), and the official TGATE-V2 README's
+table at its recommended settings (``common/paper_results.json``, ``v2.table_settings``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from dataclasses import dataclass
@@ -37,12 +46,16 @@ from common.architectures import (  # noqa: E402
     VAE_SCALE_FACTOR, ConfigNotFoundError, build_denoiser, denoiser_inputs, text_tokens, vae_scale_factor,
 )
 from common.cli import check_gate_flag  # noqa: E402
-from common.gate import check_gate_step, cross_attention_modules, gated_sampling  # noqa: E402
-from common.schedule import TgateSchedule  # noqa: E402
-from common.models import MODELS, PAPER_MODELS, ModelSpec, get_model  # noqa: E402
+from common.gate import (  # noqa: E402
+    check_gate_step, cross_attention_modules, gated_sampling, self_attention_modules,
+)
+from common.models import MODELS, PAPER, PAPER_MODELS, ModelSpec, get_model  # noqa: E402
+from common.schedule import CACHE, REUSE, StepPlan, TgateSchedule, check_int  # noqa: E402
 from common.pipeline import TgateMixin  # noqa: E402
 
-ROW_KEYS = ("model", "steps", "gate", "macs_baseline", "macs_tgate", "params_baseline", "params_tgate")
+ROW_KEYS = ("model", "steps", "gate", "sp_interval", "fi_interval", "warm_up", "macs_baseline", "macs_tgate",
+            "params_baseline", "params_tgate")
+V1_INTERVALS = (1, 1, 0)  # sp_interval, fi_interval, warm_up: self-attention computed at every step
 # A figure "matches" the paper's when within this relative distance of the printed value.
 TOLERANCE = 1e-3
 UNITS = {"T": 1e12, "G": 1e9, "B": 1e9, "M": 1e6, "K": 1e3}
@@ -78,22 +91,84 @@ def count_forward_macs(denoiser: torch.nn.Module, inputs: dict[str, Any]) -> int
         counter.end_flops_calculate()
 
 
+class StepCounter:
+    """calflops MACs of one denoiser evaluation of each kind of step (each distinct ``StepPlan``) of TGATE runs.
+
+    Counts go through the project's own hooks: a run's schedule is walked in order inside ``gated_sampling``
+    with ``call.step`` set, as a sampling loop would, so every cache a step reuses was made by an earlier
+    step. Each plan is counted once and remembered, so several schedules (gates, intervals) on the same
+    denoiser and inputs share their counts. ``tokens``: the text length the pipeline hands the denoiser
+    (``architectures.text_tokens``).
+    """
+
+    def __init__(self, denoiser: torch.nn.Module, resolution: int, guided: bool,
+                 vae_factor: int = VAE_SCALE_FACTOR, tokens: int | None = None) -> None:
+        self.denoiser, self.guided = denoiser, guided
+        self.inputs = denoiser_inputs(denoiser, 2 if guided else 1, resolution, vae_factor=vae_factor, tokens=tokens)
+        self.counts: dict[StepPlan, int] = {}
+
+    def step_macs(self, schedule: TgateSchedule, steps: int) -> list[int]:
+        """MACs of each step ``0 .. steps - 1`` of a run with ``schedule``."""
+        plans = [schedule.plan(step) for step in range(steps)]
+        new = [step for step, plan in enumerate(plans) if plan not in self.counts]
+        if new:
+            with gated_sampling(self.denoiser, schedule, self.guided) as call, _projections(self.denoiser) as ran:
+                call.follows_loop = True  # this loop is the sampling loop: it sets the step itself
+                for step, plan in enumerate(plans[: new[-1] + 1]):
+                    call.step = step
+                    if plan not in self.counts:
+                        self.counts[plan] = self._count(plan, ran)
+                    elif CACHE in (plan.cross_attention, plan.self_attention):
+                        with torch.no_grad():  # not counted again, but its caches are what later steps reuse
+                            self.denoiser(**self.inputs)
+        return [self.counts[plan] for plan in plans]
+
+    def stock_step(self) -> int:
+        """MACs of one step of the stock pipeline (before any gate, self-attention computed)."""
+        return self.step_macs(TgateSchedule(gate_step=2), 1)[0]
+
+    def run_macs(self, steps: int, schedule: TgateSchedule) -> tuple[int, int]:
+        """(stock, TGATE) MACs of a whole sampling run of ``steps`` steps."""
+        return steps * self.stock_step(), sum(self.step_macs(schedule, steps))
+
+    def forward_macs(self) -> "ForwardMacs":
+        """The three kinds of step of v1: steps 0 (guided), 1 (caching), 2 (gated) of a run with gate 2."""
+        return ForwardMacs(*self.step_macs(TgateSchedule(gate_step=2), 3))
+
+    def _count(self, plan: StepPlan, ran: dict[str, int]) -> int:
+        ran.update(cross=0, self=0)
+        macs = count_forward_macs(self.denoiser, self.inputs)
+        for kind, action in (("cross", plan.cross_attention), ("self", plan.self_attention)):
+            if action == REUSE and ran[kind]:  # the hook found no cache and computed: the count would be wrong
+                raise RuntimeError(f"{kind}-attention computed at a step planned to reuse its cache ({plan})")
+        return macs
+
+
+@contextlib.contextmanager
+def _projections(denoiser: torch.nn.Module):
+    """Count the query projections run by cross- and self-attention modules (``ran["cross"]``, ``ran["self"]``)."""
+    ran = {"cross": 0, "self": 0}
+    handles = []
+    for kind, modules in (("cross", cross_attention_modules(denoiser)), ("self", self_attention_modules(denoiser))):
+        for module in modules:
+            handles.append(module.to_q.register_forward_pre_hook(
+                lambda _module, _args, kind=kind: ran.__setitem__(kind, ran[kind] + 1)))
+    try:
+        yield ran
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def forward_macs(denoiser: torch.nn.Module, resolution: int, guided: bool,
                  vae_factor: int = VAE_SCALE_FACTOR, tokens: int | None = None) -> ForwardMacs:
-    """Count one forward of each step kind of a TGATE run with gate 2: steps 0 (guided), 1 (caching), 2 (gated).
+    """Count one forward of each step kind of a v1 TGATE run with gate 2: steps 0 (guided), 1 (caching), 2 (gated).
 
     The work of a step depends only on its kind (before, at or after ``gate - 1``), not on the gate's value,
-    so these three counts give the MACs of a run of any length with any gate, and of the stock run.
+    so these three counts give the MACs of a v1 run of any length with any gate, and of the stock run.
     ``tokens``: the text length the pipeline hands the denoiser (``architectures.text_tokens``).
     """
-    inputs = denoiser_inputs(denoiser, 2 if guided else 1, resolution, vae_factor=vae_factor, tokens=tokens)
-    counts = []
-    with gated_sampling(denoiser, TgateSchedule(gate_step=2), guided) as call:
-        call.follows_loop = True  # this loop is the sampling loop: it sets the step itself
-        for step in range(3):
-            call.step = step
-            counts.append(count_forward_macs(denoiser, inputs))
-    return ForwardMacs(*counts)
+    return StepCounter(denoiser, resolution, guided, vae_factor, tokens).forward_macs()
 
 
 def steps_of_each_kind(steps: int, gate: int) -> tuple[int, int, int]:
@@ -122,9 +197,20 @@ def runs_guidance(spec: ModelSpec, denoiser: torch.nn.Module) -> bool:
     return TgateMixin.uses_guidance(SimpleNamespace(denoiser=denoiser), spec.guidance_scale)
 
 
-def make_row(key: str, steps: int, gate: int, forward: ForwardMacs, params: tuple[int, int]) -> dict[str, Any]:
-    macs_baseline, macs_tgate = run_macs(forward, steps, gate)
-    return dict(zip(ROW_KEYS, (key, steps, gate, macs_baseline, macs_tgate, *params)))
+def schedule_of(gate: int, intervals: tuple[int, int, int] = V1_INTERVALS) -> TgateSchedule:
+    """The TGATE schedule of a gate and (sp_interval, fi_interval, warm_up)."""
+    sp_interval, fi_interval, warm_up = intervals
+    return TgateSchedule(gate, sp_interval=sp_interval, fi_interval=fi_interval, warm_up=warm_up)
+
+
+def make_row(key: str, steps: int, gate: int, counter: StepCounter, params: tuple[int, int],
+             intervals: tuple[int, int, int] = V1_INTERVALS) -> dict[str, Any]:
+    macs_baseline, macs_tgate = counter.run_macs(steps, schedule_of(gate, intervals))
+    return dict(zip(ROW_KEYS, (key, steps, gate, *intervals, macs_baseline, macs_tgate, *params)))
+
+
+def registry_intervals(spec: ModelSpec) -> tuple[int, int, int]:
+    return spec.sp_interval, spec.fi_interval, spec.warm_up
 
 
 def macs_row(
@@ -133,20 +219,23 @@ def macs_row(
     gate: int | None = None,
     resolution: int | None = None,
     source: str | None = None,
+    intervals: tuple[int, int, int] | None = None,
 ) -> dict[str, Any]:
     """One row with the ``ROW_KEYS``: integer MACs and parameter counts, stock and TGATE.
 
-    ``steps``, ``gate`` and ``resolution`` default to the paper's settings of ``spec``; ``source`` (hub id
-    or folder with a config) replaces the architecture of the project's copy.
+    ``steps``, ``gate``, ``resolution`` and ``intervals`` (sp_interval, fi_interval, warm_up) default to the
+    registry's settings of ``spec``; ``source`` (hub id or folder with a config) replaces the architecture
+    of the project's copy.
     """
     steps = spec.steps if steps is None else steps
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     gate = check_gate_step(spec.gate_step if gate is None else gate)
+    intervals = registry_intervals(spec) if intervals is None else intervals
     denoiser = build_denoiser(spec, source)
-    forward = forward_macs(denoiser, resolution or spec.resolution, runs_guidance(spec, denoiser),
-                           vae_scale_factor(spec), text_tokens(spec))
-    return make_row(spec.key, steps, gate, forward, parameter_counts(denoiser, steps, gate))
+    counter = StepCounter(denoiser, resolution or spec.resolution, runs_guidance(spec, denoiser),
+                          vae_scale_factor(spec), text_tokens(spec))
+    return make_row(spec.key, steps, gate, counter, parameter_counts(denoiser, steps, gate), intervals)
 
 
 # --- The paper's figures -------------------------------------------------------------------------------
@@ -168,21 +257,54 @@ def paper_counts(spec: ModelSpec) -> dict[str, float]:
     }
 
 
+V2_TABLE = PAPER["v2"]["table_settings"]  # the official V2 README's settings of each model of its table
+
+
+@dataclass(frozen=True)
+class V2Setting:
+    """A model's setting in the official TGATE-V2 table."""
+
+    steps: int
+    gate: int
+    intervals: tuple[int, int, int]  # sp_interval, fi_interval, warm_up
+
+
+def v2_table_setting(spec: ModelSpec) -> V2Setting | None:
+    settings = V2_TABLE.get(spec.key)
+    if settings is None:
+        return None
+    intervals = (settings["sp_interval"], settings["fi_interval"], settings["warm_up"])
+    return V2Setting(settings["steps"], settings["gate_step"], intervals)
+
+
+def v2_paper_counts(spec: ModelSpec) -> dict[str, float] | None:
+    """The V2 table's MACs of ``spec`` (it has no parameter column), None where it has no such model."""
+    stock, tgate = spec.paper_v2_row(tgate=False), spec.paper_v2_row(tgate=True)
+    if stock is None or tgate is None:
+        return None
+    return {"macs_baseline": stock["macs_T"] * UNITS["T"], "macs_tgate": tgate["macs_T"] * UNITS["T"]}
+
+
 def deviation(ours: int, paper: float) -> float:
     return (ours - paper) / paper
 
 
-def matching_gate(forward: ForwardMacs, steps: int, paper_macs_tgate: float) -> int | None:
-    """The gate whose TGATE MACs are nearest the paper's, if within ``TOLERANCE``; else None."""
-    best = min(range(1, steps + 1), key=lambda g: abs(deviation(run_macs(forward, steps, g)[1], paper_macs_tgate)))
-    return best if abs(deviation(run_macs(forward, steps, best)[1], paper_macs_tgate)) <= TOLERANCE else None
+def matching_gate(counter: StepCounter, steps: int, paper_macs_tgate: float,
+                  intervals: tuple[int, int, int] = V1_INTERVALS) -> int | None:
+    """The gate (with these intervals) whose TGATE MACs are nearest the paper's, if within ``TOLERANCE``."""
+    off = {gate: abs(deviation(counter.run_macs(steps, schedule_of(gate, intervals))[1], paper_macs_tgate))
+           for gate in range(1, steps + 1)}
+    best = min(off, key=off.get)
+    return best if off[best] <= TOLERANCE else None
 
 
 # --- Command line --------------------------------------------------------------------------------------
 
 METRICS = ("macs_baseline", "macs_tgate", "params_baseline", "params_tgate")
+V2_METRICS = ("macs_baseline", "macs_tgate")  # the V2 table has no parameter column
 HEADERS = {"macs_baseline": "MACs", "macs_tgate": "MACs w/ TGATE",
            "params_baseline": "Params", "params_tgate": "Params w/ TGATE"}
+HOW_MANY = {1: "the one figure", 2: "both", 3: "all three", 4: "all four"}
 
 
 def format_count(value: float, metric: str) -> str:
@@ -192,40 +314,36 @@ def format_count(value: float, metric: str) -> str:
     return f"{value / UNITS[unit]:.3f}{unit}"
 
 
+def format_intervals(intervals: tuple[int, int, int]) -> str:
+    sp_interval, fi_interval, warm_up = intervals
+    return f"sp {sp_interval}, fi {fi_interval}, warm-up {warm_up}"
+
+
 @dataclass
 class Result:
     row: dict[str, Any]
     paper: dict[str, float] | None  # None where the paper has no comparable figure
     setting: str
-    paper_gate: int | None = None  # the gate of the paper's MACs w/ TGATE: the one that reproduces it
+    reference: str = "the paper"  # what ``paper`` is: the v1 release table or the V2 table
 
-    def compared(self) -> list[str]:
-        """The figures the paper has at this row's setting: the stock ones always, Params w/ TGATE once a step
-        is gated (it does not depend on the gate), MACs w/ TGATE at the paper's gate only."""
-        if not self.paper:
-            return []
-        gated = self.row["gate"] < self.row["steps"]
-        return [m for m in METRICS if m.endswith("_baseline") or gated and (
-            m == "params_tgate" or self.row["gate"] == self.paper_gate)]
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return METRICS if self.reference == "the paper" else V2_METRICS
 
     def outside_tolerance(self) -> list[str]:
-        """The compared figures further than ``TOLERANCE`` from the paper's."""
-        return [m for m in self.compared() if abs(deviation(self.row[m], self.paper[m])) > TOLERANCE]
+        """The figures further than ``TOLERANCE`` from the paper's."""
+        return [m for m in self.paper if abs(deviation(self.row[m], self.paper[m])) > TOLERANCE] if self.paper else []
 
     @property
     def note(self) -> str:
-        parts = [self.setting]
-        if self.row["gate"] >= self.row["steps"]:
-            parts.append("gate >= steps: no step is gated")
-        elif self.paper and "macs_tgate" not in self.compared():
-            parts.append(f"MACs w/ TGATE not compared: the paper's is at gate {self.paper_gate}")
+        if self.row["gate"] >= self.row["steps"] and (self.row["sp_interval"], self.row["fi_interval"]) == (1, 1):
+            return f"{self.setting}; gate >= steps: no step is gated"
         if self.paper is None:
-            return "; ".join([*parts, "no paper figure at this setting"])
-        off, compared = self.outside_tolerance(), self.compared()
+            return f"{self.setting}; no paper figure at this setting"
+        off = self.outside_tolerance()
         if not off:
-            which = "all four" if len(compared) == len(METRICS) else ", ".join(HEADERS[m] for m in compared)
-            return "; ".join([*parts, f"{which} within {TOLERANCE:.1%} of the paper"])
-        return "; ".join(parts) + f"; off the paper by more than {TOLERANCE:.1%}: " + ", ".join(
+            return f"{self.setting}; {HOW_MANY[len(self.paper)]} within {TOLERANCE:.1%} of {self.reference}"
+        return f"{self.setting}; off {self.reference} by more than {TOLERANCE:.1%}: " + ", ".join(
             f"{HEADERS[m]} {deviation(self.row[m], self.paper[m]):+.3%}" for m in off
         )
 
@@ -233,11 +351,13 @@ class Result:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="MACs and parameters of each model's denoiser over one sampling run, stock and with TGATE, "
-        "next to the paper's figures. Offline and weight-free: the real architectures are built from their "
-        "configs on the meta device and calflops counts them through the project's TGATE hooks.",
+        "next to the paper's figures: the v1 release table, and the official TGATE-V2 table at its recommended "
+        "settings. Offline and weight-free: the real architectures are built from their configs on the meta "
+        "device and calflops counts them through the project's TGATE hooks.",
     )
     parser.add_argument("--model", default="all", metavar="NAME",
-                        help=f"which model: {', '.join(MODELS)}, or all (default)")
+                        help=f"which model: {', '.join(MODELS)}, or all (default: the v1 table's six models and "
+                        "the V2 table's five)")
     parser.add_argument("--gate", type=int, metavar="N",
                         help="gate step: steps run stock before cross-attention is cached and guidance dropped "
                         "(default: each model's paper setting, plus a row at the gate that gives the paper's MACs "
@@ -247,27 +367,50 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resolution", type=int, metavar="PIXELS",
                         help="image side in pixels (default: each model's paper setting: 512 for SD-1.5, "
                         "768 for SD-2.1, 1024 for the others)")
+    v2 = parser.add_argument_group("TGATE-V2", "self-attention caching. Without these flags the v1 table is counted "
+                                   "at v1's settings (self-attention computed at every step) and the V2 table at the "
+                                   "official README's (e.g. SDXL gate 10, sp 5, fi 1, warm-up 2). Any of them counts "
+                                   "only V2 rows at the given setting (the others from the V2 table where the model is "
+                                   "in it, else from the registry)")
+    v2.add_argument("--sp-interval", type=int, metavar="N", help="before the gate, self-attention is computed and "
+                    "cached every N steps after the warm-up and returns its cache in between (1: every step)")
+    v2.add_argument("--fi-interval", type=int, metavar="N", help="after the gate, self-attention is computed and "
+                    "cached every N steps (1: every step)")
+    v2.add_argument("--warm-up", type=int, metavar="N", help="the first N steps compute self-attention without "
+                    "caching it")
     parser.add_argument("--config", metavar="HUB_ID_OR_FOLDER", help="count another checkpoint of the same family "
                         "as --model (which must name one model): a hub id or local folder with the denoiser's "
                         "config, either the pipeline (unet/ or transformer/ inside) or the denoiser folder itself")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the rows as a JSON list with the keys "
-                        + ", ".join(ROW_KEYS) + " (integers, raw counts)")
-    parser.add_argument("--markdown", action="store_true", help="print a Markdown table (for the README) "
-                        "instead of the plain-text one")
+                        + ", ".join(ROW_KEYS) + " (integers, raw counts; each distinct row once)")
+    parser.add_argument("--markdown", action="store_true", help="print Markdown tables (for the README) "
+                        "instead of the plain-text ones")
     return parser
+
+
+def requested_v2(args: argparse.Namespace) -> bool:
+    return any(value is not None for value in (args.sp_interval, args.fi_interval, args.warm_up))
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[ModelSpec]]:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        specs = list(PAPER_MODELS.values()) if args.model == "all" else [get_model(args.model)]
+        if args.model == "all":
+            keys = [*PAPER_MODELS, *(key for key in V2_TABLE if key not in PAPER_MODELS)]
+            specs = [get_model(key) for key in keys]
+        else:
+            specs = [get_model(args.model)]
         if args.gate is not None:
             check_gate_flag(args.gate)
         if args.steps is not None and args.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {args.steps}")
         if args.resolution is not None and args.resolution < 1:
             raise ValueError(f"--resolution must be a positive number of pixels, got {args.resolution}")
+        for flag, value, minimum in (("--sp-interval", args.sp_interval, 1), ("--fi-interval", args.fi_interval, 1),
+                                     ("--warm-up", args.warm_up, 0)):
+            if value is not None:
+                check_int(flag, value, minimum)
         if args.config and args.model == "all":
             raise ValueError("--config needs --model naming the family of that checkpoint, e.g. --model sdxl")
     except ValueError as error:
@@ -275,24 +418,49 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[Mod
     return args, specs
 
 
-def model_results(spec: ModelSpec, args: argparse.Namespace) -> list[Result]:
-    """The row at the requested (or paper's) setting, plus the paper-matching gate where it differs."""
-    steps = spec.steps if args.steps is None else args.steps
-    gate = spec.gate_step if args.gate is None else args.gate
+@dataclass
+class Counted:
+    """One model's denoiser and its step counter at the requested resolution."""
+
+    spec: ModelSpec
+    denoiser: torch.nn.Module
+    counter: StepCounter
+    resolution: int
+
+
+def counted(spec: ModelSpec, args: argparse.Namespace) -> Counted:
     resolution = spec.resolution if args.resolution is None else args.resolution
     denoiser = build_denoiser(spec, args.config)
-    forward = forward_macs(denoiser, resolution, runs_guidance(spec, denoiser), vae_scale_factor(spec),
-                           text_tokens(spec))
-    comparable = args.config is None and steps == spec.steps and resolution == spec.resolution
+    counter = StepCounter(denoiser, resolution, runs_guidance(spec, denoiser), vae_scale_factor(spec),
+                          text_tokens(spec))
+    return Counted(spec, denoiser, counter, resolution)
+
+
+def in_v1_table(spec: ModelSpec) -> bool:
+    """Models counted at v1's settings: the v1 table's, and any model the V2 table does not have (the toy)."""
+    return spec.paper_row(tgate=False) is not None or v2_table_setting(spec) is None
+
+
+def model_results(model: Counted, args: argparse.Namespace) -> list[Result]:
+    """v1: the row at the requested (or paper's) setting, plus the paper-matching gate where it differs."""
+    spec, counter = model.spec, model.counter
+    steps = spec.steps if args.steps is None else args.steps
+    gate = spec.gate_step if args.gate is None else args.gate
+    comparable = args.config is None and steps == spec.steps and model.resolution == spec.resolution
     paper = paper_counts(spec) if comparable and spec.paper_row(tgate=False) else None  # the toy has no paper row
     defaults = all(value is None for value in (args.gate, args.steps, args.resolution, args.config))
     setting = ("example scripts' setting" if spec.paper_row(tgate=False) else "default setting") if defaults else "requested setting"
     # the paper's table names no gate: its MACs w/ TGATE belong to the gate that reproduces them
-    paper_gate = (matching_gate(forward, steps, paper["macs_tgate"]) or spec.gate_step) if paper else None
+    paper_gate = (matching_gate(counter, steps, paper["macs_tgate"]) or spec.gate_step) if paper else None
 
     def result(gate: int, setting: str) -> Result:
-        row = make_row(spec.key, steps, gate, forward, parameter_counts(denoiser, steps, gate))
-        return Result(row, paper, setting, paper_gate)
+        row = make_row(spec.key, steps, gate, counter, parameter_counts(model.denoiser, steps, gate))
+        if paper is None:
+            return Result(row, None, setting)
+        compared = comparable(paper, gate, steps, paper_gate)
+        if "macs_tgate" not in compared and gate < steps:
+            setting += f"; MACs w/ TGATE not compared: the paper's is at gate {paper_gate}"
+        return Result(row, compared, setting)
 
     results = [result(gate, setting)]
     if paper is not None and args.gate is None and paper_gate != gate:
@@ -301,58 +469,145 @@ def model_results(spec: ModelSpec, args: argparse.Namespace) -> list[Result]:
     return results
 
 
-def text_table(results: list[Result]) -> str:
-    def line(label: str, cells: list[str], note: str = "") -> str:
-        return f"{label:<23}" + "".join(f"{cell:>16}" for cell in cells) + (f"  {note}" if note else "")
+def comparable(paper: dict[str, float], gate: int, steps: int, paper_gate: int | None) -> dict[str, float]:
+    """The paper's figures at a row's setting: the stock ones always, Params w/ TGATE once a step is gated (it
+    does not depend on the gate), MACs w/ TGATE at the gate that reproduces it only."""
+    gated = gate < steps
+    return {m: value for m, value in paper.items()
+            if m.endswith("_baseline") or gated and (m == "params_tgate" or gate == paper_gate)}
 
-    lines = [line(f"{'model':<13}{'steps':>5}{'gate':>5}", [HEADERS[m] for m in METRICS], "note")]
+
+def v2_results(model: Counted, args: argparse.Namespace) -> list[Result]:
+    """V2: the row at the V2 table's (or the requested) setting, plus the V2-matching gate where it differs."""
+    spec, counter = model.spec, model.counter
+    table = v2_table_setting(spec)
+    base = table or V2Setting(spec.steps, spec.gate_step, registry_intervals(spec))
+    steps = base.steps if args.steps is None else args.steps
+    gate = base.gate if args.gate is None else args.gate
+    given = (args.sp_interval, args.fi_interval, args.warm_up)
+    intervals = tuple(default if value is None else value for value, default in zip(given, base.intervals))
+    comparable = args.config is None and model.resolution == spec.resolution
+    paper = v2_paper_counts(spec) if comparable and table is not None and steps == table.steps else None
+    defaults = all(value is None for value in (args.gate, args.steps, args.resolution, args.config, *given))
+    if defaults and table is not None:
+        v1_note = ": v1, self-attention computed at every step" if intervals[:2] == (1, 1) else ""
+        setting = f"V2 README's setting (gate {gate}, {format_intervals(intervals)}{v1_note})"
+    else:
+        setting = f"requested setting ({format_intervals(intervals)})"
+    params = parameter_counts(model.denoiser, steps, gate)
+    results = [Result(make_row(spec.key, steps, gate, counter, params, intervals), paper, setting, "the V2 table")]
+    if paper is None or args.gate is not None or "macs_tgate" not in results[0].outside_tolerance():
+        return results
+    match = matching_gate(counter, steps, paper["macs_tgate"], intervals)
+    if match is not None and match != gate:
+        setting = f"gate {match} at the same intervals: the gate that gives the V2 table's MACs w/ TGATE"
+        params = parameter_counts(model.denoiser, steps, match)
+        results.append(Result(make_row(spec.key, steps, match, counter, params, intervals), paper, setting,
+                              "the V2 table"))
+    return results
+
+
+def text_table(results: list[Result]) -> str:
+    metrics = results[0].metrics
+    v2 = results[0].reference != "the paper"
+
+    def line(label: str, cells: list[str], note: str = "") -> str:
+        return f"{label:<{width}}" + "".join(f"{cell:>16}" for cell in cells) + (f"  {note}" if note else "")
+
+    def setting(row: dict[str, Any]) -> str:
+        text = f"{row['model']:<13}{row['steps']:>5}{row['gate']:>5}"
+        return text + (f"{row['sp_interval']:>4}{row['fi_interval']:>4}{row['warm_up']:>4}" if v2 else "")
+
+    width = 35 if v2 else 23
+    header = f"{'model':<13}{'steps':>5}{'gate':>5}" + (f"{'sp':>4}{'fi':>4}{'wu':>4}" if v2 else "")
+    lines = [line(header, [HEADERS[m] for m in metrics], "note")]
     for result in results:
         row, paper = result.row, result.paper
-        setting = f"{row['model']:<13}{row['steps']:>5}{row['gate']:>5}"
-        lines.append(line(setting, [format_count(row[m], m) for m in METRICS], result.note))
+        lines.append(line(setting(row), [format_count(row[m], m) for m in metrics], result.note))
         if paper:
-            compared = result.compared()
-            lines.append(line("  paper", [format_count(paper[m], m) if m in compared else "-" for m in METRICS]))
-            lines.append(line("  difference", [f"{deviation(row[m], paper[m]):+.3%}" if m in compared else "-"
-                                               for m in METRICS]))
+            lines.append(line("  " + ("V2 table" if v2 else "paper"),
+                              [format_count(paper[m], m) if m in paper else "-" for m in metrics]))
+            lines.append(line("  difference", [f"{deviation(row[m], paper[m]):+.3%}" if m in paper else "-"
+                                               for m in metrics]))
     return "\n".join(lines)
 
 
 def markdown_table(results: list[Result]) -> str:
-    lines = ["| model | steps | gate | " + " | ".join(HEADERS[m] for m in METRICS) + " | note |",
-             "| --- | ---: | ---: | " + " | ".join("---:" for _ in METRICS) + " | --- |"]
+    metrics = results[0].metrics
+    v2 = results[0].reference != "the paper"
+    settings = ["model", "steps", "gate", *(("sp", "fi", "warm-up") if v2 else ())]
+    lines = ["| " + " | ".join(settings + [HEADERS[m] for m in metrics]) + " | note |",
+             "| --- | " + " | ".join("---:" for _ in settings[1:] + list(metrics)) + " | --- |"]
     for result in results:
         row, paper = result.row, result.paper
         cells = [
             format_count(row[m], m)
-            + (f" (paper {format_count(paper[m], m)}, {deviation(row[m], paper[m]):+.3%})" if m in result.compared() else "")
-            for m in METRICS
+            + (f" ({'V2 table' if v2 else 'paper'} {format_count(paper[m], m)}, {deviation(row[m], paper[m]):+.3%})"
+               if paper and m in paper else "")
+            for m in metrics
         ]
-        lines.append(f"| {MODELS[row['model']].title} | {row['steps']} | {row['gate']} | " + " | ".join(cells)
+        values = [row["steps"], row["gate"], *((row["sp_interval"], row["fi_interval"], row["warm_up"]) if v2 else ())]
+        lines.append(f"| {MODELS[row['model']].title} | " + " | ".join(map(str, values)) + " | " + " | ".join(cells)
                      + f" | {result.note} |")
     return "\n".join(lines)
 
 
+def print_tables(v1: list[Result], v2: list[Result], markdown: bool) -> None:
+    render = markdown_table if markdown else text_table
+    if v1:
+        if v2:
+            print("TGATE (v1 release table: cross-attention only)")
+        print(render(v1))
+        if any(result.setting.startswith("gate ") for result in v1):
+            print("Where the example scripts' gate does not give the paper's MACs w/ TGATE, the next row shows the "
+                  "gate that does.")
+    if v2:
+        if v1:
+            print()
+        print("TGATE-V2 (official V2 README table: self-attention cached every sp steps before the gate after "
+              "warm-up steps, every fi steps after it)")
+        print(render(v2))
+        if any(result.setting.startswith("gate ") for result in v2):
+            print("Where the V2 README's gate does not give the V2 table's MACs w/ TGATE, the next row shows the "
+                  "gate that does at the same intervals.")
+    print(ARCHITECTURE_NOTE)
+
+
+def unique_rows(results: list[Result]) -> list[dict[str, Any]]:
+    """Each distinct row once (an LCM row of the V2 table is its v1 row: the same setting)."""
+    rows: list[dict[str, Any]] = []
+    for result in results:
+        if result.row not in rows:
+            rows.append(result.row)
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args, specs = parse_args(argv)
-    results: list[Result] = []
+    v1: list[Result] = []
+    v2: list[Result] = []
     for spec in tqdm(specs, desc="counting", unit="model", file=sys.stderr):
         try:
-            results += model_results(spec, args)
+            model = counted(spec, args)
+            if requested_v2(args):
+                v2 += v2_results(model, args)
+                continue
+            if in_v1_table(spec):
+                v1 += model_results(model, args)
+            if v2_table_setting(spec) is not None:
+                v2 += v2_results(model, args)
         except ConfigNotFoundError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
         except ValueError as error:  # what the architecture cannot take: a resolution, an unsupported config
             print(f"error: {spec.key}: {error}", file=sys.stderr)
             return 2
-    print(markdown_table(results) if args.markdown else text_table(results))
-    if any(result.setting.startswith("gate ") for result in results):
-        print("Where the example scripts' gate does not give the paper's MACs w/ TGATE, the next row shows the "
-              "gate that does.")
-    print(ARCHITECTURE_NOTE)
+    order = [*V2_TABLE, *MODELS]  # the V2 table's order
+    v2.sort(key=lambda result: order.index(result.row["model"]))
+    print_tables(v1, v2, args.markdown)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps([result.row for result in results], indent=2) + "\n")
+        args.json.write_text(json.dumps(unique_rows(v1 + v2), indent=2) + "\n")
         print(f"rows -> {args.json}")
     return 0
 

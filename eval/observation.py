@@ -10,7 +10,8 @@ flags; ``--tiny`` for an offline smoke run on tiny random components). It writes
    change ``||A_t - A_t-1|| / ||A_t-1||`` of the cross-attention outputs A, averaged over the level's modules
    (measured in the text-in-every-step run, i.e. the stock pipeline).
 3. ``gate_sweep.csv`` / ``gate_sweep.png``: the final image of TGATE at several gate steps, side by side,
-   each with its denoiser MACs (counted as eval/macs.py counts them) and its wall time.
+   each with its denoiser MACs (counted as eval/macs.py counts them) and its wall time; with TGATE-V2's
+   ``--sp-interval --fi-interval --warm-up`` (default: the registry model's, v1 but for PixArt-Sigma).
 4. ``run.json``: the settings, whether the weights were random, and the numbers of the plots.
 
 "Null text" is the pipeline's own unconditional input: under classifier-free guidance both branches get the
@@ -41,6 +42,7 @@ from tqdm import tqdm  # noqa: E402
 from common.architectures import VAE_SCALE_FACTOR  # noqa: E402
 from common.cli import DTYPES, resolve_device_and_dtype, timed_generation  # noqa: E402
 from common.models import MODELS, CheckpointNotFoundError, ModelSpec, get_model  # noqa: E402
+from common.schedule import check_int  # noqa: E402
 from eval import macs  # noqa: E402
 from eval.observation_plots import convergence_figure, gate_sweep_figure, observation_figure  # noqa: E402
 from eval.observation_probes import (  # noqa: E402
@@ -116,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gates", type=step_list, metavar="LIST", help="gate steps of the sweep, e.g. 1,3,5,10 "
                         f"(default: those of {','.join(map(str, DEFAULT_GATES))} below --steps, plus --steps, "
                         "which is the stock pipeline)")
+    parser.add_argument("--sp-interval", type=int, metavar="N", help="gate sweep, TGATE-V2: before the gate, "
+                        "self-attention is computed and cached every N steps after the warm-up and returns its cache "
+                        "in between (default: the model's: 1 = v1, every step; 3 for pixart_sigma)")
+    parser.add_argument("--fi-interval", type=int, metavar="N", help="gate sweep, TGATE-V2: after the gate, "
+                        "self-attention is computed and cached every N steps (default: the model's, 1)")
+    parser.add_argument("--warm-up", type=int, metavar="N", help="gate sweep, TGATE-V2: the first N steps compute "
+                        "self-attention without caching it (default: the model's: 0; 2 for pixart_sigma)")
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), metavar="PART",
                         help="what to make: figure (observation.png), convergence (convergence.csv/.png), sweep "
                         "(gate_sweep.csv/.png) (default: all three)")
@@ -141,11 +150,21 @@ class Settings:
     split: int
     show_steps: list[int]
     gates: list[int]
+    intervals: tuple[int, int, int]  # the gate sweep's TGATE-V2 sp_interval, fi_interval, warm_up
     parts: list[str]
     resolution: int | None
     device: torch.device
     dtype: torch.dtype
     out: Path
+
+    @property
+    def v1(self) -> bool:
+        return self.intervals[:2] == (1, 1)
+
+    def tgate(self, gate: int) -> dict[str, Any]:
+        """TGATE's keyword arguments at ``gate``."""
+        sp_interval, fi_interval, warm_up = self.intervals
+        return dict(gate_step=gate, sp_interval=sp_interval, fi_interval=fi_interval, warm_up=warm_up)
 
     def call(self) -> dict[str, Any]:
         """Keyword arguments of one pipeline call (without the generator)."""
@@ -185,6 +204,10 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
             raise ValueError(f"--resolution must be a positive multiple of {VAE_SCALE_FACTOR}, got {args.resolution}")
         if args.tiny and args.checkpoint:
             raise ValueError("--tiny builds random components and ignores weights: drop --checkpoint or --tiny")
+        intervals = tuple(
+            check_int(flag, getattr(spec, name) if getattr(args, name) is None else getattr(args, name), minimum)
+            for name, flag, minimum in (("sp_interval", "--sp-interval", 1), ("fi_interval", "--fi-interval", 1),
+                                        ("warm_up", "--warm-up", 0)))
         device, dtype = resolve_device_and_dtype(args.device, args.dtype)
     except ValueError as error:
         parser.error(str(error))
@@ -200,6 +223,7 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         split=split,
         show_steps=args.show_steps or default_show_steps(steps, split),
         gates=args.gates or [gate for gate in DEFAULT_GATES if gate < steps] + [steps],
+        intervals=intervals,
         parts=[part for part in PARTS if part in args.parts],
         resolution=args.resolution,
         device=device,
@@ -328,7 +352,7 @@ def gate_sweep(pipe, settings: Settings, progress: tqdm | None = None) -> list[S
     if height != width:
         raise ValueError(f"MACs are counted for square images; the latents are {height}x{width}")
     guided = pipe.uses_guidance(settings.guidance)
-    forward = macs.forward_macs(meta_copy(pipe.denoiser), height * VAE_SCALE_FACTOR, guided)
+    counter = macs.StepCounter(meta_copy(pipe.denoiser), height * VAE_SCALE_FACTOR, guided)
 
     def advance(record: StepRecord) -> None:
         if progress is not None:
@@ -337,8 +361,9 @@ def gate_sweep(pipe, settings: Settings, progress: tqdm | None = None) -> list[S
     points = []
     with watch_scheduler_steps(pipe.scheduler, advance):
         for gate in settings.gates:
-            image, seconds = timed_generation(pipe, settings.device, settings.seed, gate_step=gate, **settings.call())
-            stock_macs, gate_macs = macs.run_macs(forward, settings.steps, gate)
+            image, seconds = timed_generation(pipe, settings.device, settings.seed, **settings.tgate(gate),
+                                              **settings.call())
+            stock_macs, gate_macs = counter.run_macs(settings.steps, macs.schedule_of(gate, settings.intervals))
             points.append(SweepPoint(gate, image, seconds, gate_macs, stock_macs))
     return points
 
@@ -362,8 +387,9 @@ def warning(settings: Settings) -> str | None:
     return RANDOM_WEIGHTS_WARNING if settings.random_weights else None
 
 
-def gate_caption(point: SweepPoint, steps: int) -> str:
-    name = f"gate {point.gate}" + (" = stock" if point.gate >= steps else "")
+def gate_caption(point: SweepPoint, steps: int, v1: bool = True) -> str:
+    # with V2 intervals even a gate >= steps caches and reuses self-attention: not stock
+    name = f"gate {point.gate}" + (" = stock" if point.gate >= steps and v1 else "")
     share = point.macs / point.stock_macs
     return f"{name}\n{macs.format_count(point.macs, 'macs')} MACs ({share:.0%})\n{point.seconds:.2f} s"
 
@@ -457,13 +483,15 @@ def write_gate_sweep(pipe, settings: Settings) -> dict:
                for p in points]
     write_csv(settings.out / "gate_sweep.csv",
               [{"weights": settings.weights, **row, "device": str(settings.device)} for row in numbers])
-    panels = [(gate_caption(point, settings.steps), point.image) for point in points]
-    title = (headline(settings) + "\nTGATE gate sweep: denoiser MACs (eval/macs.py), wall time of the whole "
+    panels = [(gate_caption(point, settings.steps, settings.v1), point.image) for point in points]
+    v2 = "" if settings.v1 else f" (TGATE-V2: {macs.format_intervals(settings.intervals)})"
+    title = (headline(settings) + f"\nTGATE gate sweep{v2}: denoiser MACs (eval/macs.py), wall time of the whole "
              f"pipeline call on {settings.device}")
     gate_sweep_figure(panels, title, warning(settings)).savefig(settings.out / "gate_sweep.png", dpi=100)
     for point in points:
-        print("  " + gate_caption(point, settings.steps).replace("\n", " | "))
-    return {"gate_sweep": numbers}
+        print("  " + gate_caption(point, settings.steps, settings.v1).replace("\n", " | "))
+    sp_interval, fi_interval, warm_up = settings.intervals
+    return {"gate_sweep": numbers, "sp_interval": sp_interval, "fi_interval": fi_interval, "warm_up": warm_up}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -90,12 +90,14 @@ class RecordingPipeline:
     """The tiny pipeline, recording which images each call makes; optionally crashing on call ``crash_on``."""
 
     def __init__(self, pipe, seed=0, n=64, crash_on=None):
-        self.pipe, self.crash_on, self.calls, self.gate_steps = pipe, crash_on, [], []
+        self.pipe, self.crash_on, self.calls, self.gate_steps, self.v2 = pipe, crash_on, [], [], []
         self.index_of_seed = {image_seed(seed, index): index for index in range(n)}
 
     def __call__(self, **kwargs):
         self.calls.append([self.index_of_seed[generator.initial_seed()] for generator in kwargs["generator"]])
         self.gate_steps.append(kwargs["gate_step"])
+        if "sp_interval" in kwargs:
+            self.v2.append((kwargs["sp_interval"], kwargs["fi_interval"], kwargs["warm_up"]))
         if len(self.calls) == self.crash_on:
             raise SimulatedCrash
         return self.pipe(**kwargs)
@@ -277,6 +279,28 @@ def test_default_workers_fit_the_cpus_without_torchs_warning(monkeypatch):
     assert workers == 2
 
 
+def test_v2_settings_reach_the_pipeline_the_run_name_and_the_result(tmp_path, tiny_pipe, coco_root, inception_cache,
+                                                                     monkeypatch, capsys):
+    recording = RecordingPipeline(tiny_pipe)
+    monkeypatch.setattr(fid, "load_pipeline", lambda *args: recording)
+    monkeypatch.chdir(tmp_path)  # the default --out is relative: results/fid/<run name>
+    argv = fid_argv(coco_root, "unused", tmp_path / "stats", "--sp-interval", "2", "--warm-up", "1")
+    out = argv.index("--out")
+    assert fid.main([*argv[:out], *argv[out + 2:]]) == 0
+    assert recording.v2 == [(2, 1, 1)] * 3  # the model's fi_interval (1), the given sp_interval and warm_up
+    result = json.loads((tmp_path / "results" / "fid" / "sd15_gate2_sp2_fi1_wu1_tiny" / "result.json").read_text())
+    assert (result["gate"], result["sp_interval"], result["fi_interval"], result["warm_up"]) == (2, 2, 1, 1)
+    assert "TGATE gate 2, sp 2, fi 1, warm-up 1" in capsys.readouterr().out
+
+
+def test_a_run_recorded_before_the_v2_settings_resumes_as_v1(tmp_path):
+    settings = {"model": "sd15", "gate": 2, "steps": 3}
+    (tmp_path / "run.json").write_text(json.dumps(settings))  # no sp_interval, fi_interval, warm_up
+    fid.check_run_settings(tmp_path, {**settings, "sp_interval": 1, "fi_interval": 1, "warm_up": 0})
+    with pytest.raises(fid.RunMismatchError, match="sp_interval: 1 there, 2 now"):
+        fid.check_run_settings(tmp_path, {**settings, "sp_interval": 2, "fi_interval": 1, "warm_up": 0})
+
+
 def test_rerun_with_other_settings_refuses_to_mix_images(tmp_path, tiny_pipe, coco_root, inception_cache, monkeypatch, capsys):
     monkeypatch.setattr(fid, "load_pipeline", lambda *args: RecordingPipeline(tiny_pipe, crash_on=1))
     with pytest.raises(SimulatedCrash):
@@ -354,6 +378,8 @@ def test_inception_url_is_pytorch_fids():
         (["--resolution", "30"], "multiple of 8"),
         (["--checkpoint", "somewhere"], "drop --checkpoint or --tiny"),
         (["--dims", "100"], "invalid choice"),
+        (["--sp-interval", "0"], "--sp-interval must be an int >= 1"),
+        (["--warm-up", "-1"], "--warm-up must be an int >= 0"),
     ],
 )
 def test_bad_arguments_exit_with_a_short_message(tmp_path, capsys, extra, message):

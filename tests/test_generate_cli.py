@@ -57,6 +57,9 @@ def test_gate_at_steps_gives_the_stock_image(tmp_path):
         (["--steps", "0"], "--steps must be >= 1"),
         (["--guidance", "-1"], "--guidance must be >= 0"),
         (["--model", "somewhere"], "drop --model or --tiny"),
+        (["--sp-interval", "0"], "--sp-interval must be an int >= 1"),
+        (["--fi-interval", "0"], "--fi-interval must be an int >= 1"),
+        (["--warm-up", "-1"], "--warm-up must be an int >= 0"),
     ],
 )
 def test_bad_arguments_exit_with_a_short_message(capsys, argv, message):
@@ -260,3 +263,35 @@ def test_lcm_sdxl_without_sdxl_base_names_the_base(monkeypatch, tmp_path):
     with pytest.raises(CheckpointNotFoundError, match="SDXL base") as error:
         MODELS["lcm_sdxl"].load(str(tmp_path / "lcm-unet"))
     assert missing_base in str(error.value)
+
+
+# TGATE-V2 settings: the registry model's by default (PixArt-Sigma's are the V2 README's), the flags override them.
+
+
+def spy_on_generation(monkeypatch):
+    """Record the keyword arguments of each timed generation instead of running the pipeline."""
+    import common.cli
+
+    calls = []
+
+    def record(pipe, device, seed, **call):
+        calls.append(call)
+        return Image.new("RGB", (8, 8)), 1.0
+
+    monkeypatch.setattr(common.cli, "timed_generation", record)
+    return calls
+
+
+@pytest.mark.parametrize("model, argv, intervals, shown", [
+    ("sd15", [], (1, 1, 0), None),  # v1: nothing printed
+    ("pixart_sigma", [], (3, 1, 2), "V2: sp 3, fi 1, warm-up 2"),  # the V2 README's example
+    ("sdxl", ["--sp-interval", "5", "--warm-up", "2"], (5, 1, 2), "V2: sp 5, fi 1, warm-up 2"),
+    ("pixart_sigma", ["--sp-interval", "1", "--fi-interval", "1", "--warm-up", "0"], (1, 1, 0), None),
+])
+def test_v2_settings_reach_the_pipeline(monkeypatch, capsys, tmp_path, model, argv, intervals, shown):
+    calls = spy_on_generation(monkeypatch)
+    assert generate_main(model, ["--tiny", "--steps", "3", "--gate", "2", *argv, "--out", str(tmp_path / "i.png")]) == 0
+    (call,) = calls
+    assert (call["sp_interval"], call["fi_interval"], call["warm_up"], call["gate_step"]) == (*intervals, 2)
+    printed = capsys.readouterr().out
+    assert (shown in printed) if shown else ("V2:" not in printed)

@@ -101,6 +101,8 @@ def test_time_interleaved_rotates_the_order_of_the_variants():
         (["--model", "sd3"], "unknown model 'sd3'"),
         (["--random-weights"], "not allowed with argument"),
         (["--gate", "two"], "invalid int value"),
+        (["--sp-interval", "0"], "--sp-interval must be an int >= 1"),
+        (["--warm-up", "-1"], "--warm-up must be an int >= 0"),
     ],
 )
 def test_bad_arguments_exit_with_a_short_message(capsys, argv, message):
@@ -229,6 +231,32 @@ def test_the_official_package_is_timed_when_importable_and_leaves_the_pipeline_s
     assert seen == {"gate_step": 2, "sp_interval": 1, "fi_interval": 1, "warm_up": 0}
     assert record["official_tgate"] == "timed" and record["official_tgate_s"] > 0
     assert not any({"forward", "cache"} & set(module.__dict__) for module in built.pipe.unet.modules())
+
+
+def test_v2_settings_reach_our_pipeline_the_official_one_the_record_and_the_macs(monkeypatch, capsys):
+    seen = {}
+    monkeypatch.setitem(sys.modules, "tgate", fake_official_package(seen))
+    built = latency.benchmarked_pipeline(MODELS["sd15"], "tiny", None, torch.device("cpu"), torch.float32)
+    monkeypatch.setattr(latency, "benchmarked_pipeline", lambda *args, **kwargs: built)
+    v2 = ["--steps", "5", "--gate", "4", "--sp-interval", "2", "--warm-up", "0", "--repeats", "1", "--warmup", "0"]
+    unet = built.pipe.unet
+    attn1 = [m for name, m in unet.named_modules() if name.endswith("attn1")]
+    ran = []
+    handles = [m.to_q.register_forward_pre_hook(lambda *_: ran.append(1)) for m in attn1]
+    try:
+        record = latency.run(latency.parse_args(["--model", "sd15", "--tiny", *v2]), progress=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert seen == {"gate_step": 4, "sp_interval": 2, "fi_interval": 1, "warm_up": 0}
+    assert (record["sp_interval"], record["fi_interval"], record["warm_up"]) == (2, 1, 0)
+    # stock 5 steps + TGATE-V2 (steps 1 reuses: 4 of 5 steps compute self-attention); the fake official runs stock
+    assert len(ran) == len(attn1) * (5 + 4 + 5)
+    v1 = latency.macs_prediction(built.pipe, record["resolution"], 5, 4, guided=True)
+    assert record["macs_baseline"] == v1["macs_baseline"] and record["macs_tgate"] < v1["macs_tgate"]
+    assert "TGATE (gate 4, sp 2/fi 1/wu 0)" in latency.report(record)
+    assert latency.parse_args(["--model", "sd15", "--tiny"]).intervals == [1, 1, 0]  # the registry's: v1
+    assert latency.parse_args(["--model", "pixart_sigma", "--tiny"]).intervals == [3, 1, 2]  # the V2 README's
 
 
 def test_a_failure_of_the_official_package_is_a_short_message(monkeypatch, capsys):

@@ -11,6 +11,7 @@ from diffusers import PixArtTransformer2DModel, UNet2DConditionModel
 
 from common.architectures import build_denoiser, denoiser_inputs
 from common.models import CONFIG_ROOT, MODELS, PAPER_MODELS
+from common.schedule import TgateSchedule
 from common.tiny import tiny_sd_components
 from eval import macs
 
@@ -74,15 +75,17 @@ class ReturnsZeros(torch.nn.Module):
         return torch.zeros_like(hidden_states)
 
 
-def attn2_modules(denoiser):
-    return {name: module for name, module in denoiser.named_modules() if name.endswith("attn2")}
+def attn2_modules(denoiser, kind="attn2"):
+    return {name: module for name, module in denoiser.named_modules() if name.endswith(kind)}
 
 
-def without_attn2(denoiser):
+def without_attn2(denoiser, kinds=("attn2",)):
+    """A copy of ``denoiser`` whose ``attn2`` (or other ``kinds`` of) modules compute nothing."""
     stripped = copy.deepcopy(denoiser)
-    for name in attn2_modules(stripped):
-        parent, _, child = name.rpartition(".")
-        setattr(stripped.get_submodule(parent), child, ReturnsZeros())
+    for kind in kinds:
+        for name in attn2_modules(stripped, kind):
+            parent, _, child = name.rpartition(".")
+            setattr(stripped.get_submodule(parent), child, ReturnsZeros())
     return stripped
 
 
@@ -112,6 +115,73 @@ def test_tgate_total_is_gate_guided_forwards_plus_gated_forwards(case):
     for gate in (STEPS, STEPS + 5):  # no step is gated: the stock run
         assert macs.run_macs(forward, STEPS, gate) == (STEPS * guided_forward,) * 2
         assert macs.parameter_counts(denoiser, STEPS, gate) == (sum(p.numel() for p in denoiser.parameters()),) * 2
+
+
+def official_v2_step(step, gate, sp_interval, fi_interval, warm_up):
+    """(self-attention computed?, before/at/after the gate) of a step: the official tgate_scheduler's rules."""
+    if step < gate - 1:
+        return step <= warm_up or step % sp_interval == 0, "before"
+    if step == gate - 1:
+        return True, "at"
+    return step % fi_interval == 0, "after"
+
+
+@pytest.mark.parametrize("case", TINY_CASES)
+def test_v2_total_sums_the_official_step_kinds_counted_independently(case):
+    make, guided = TINY_CASES[case]
+    denoiser = make().to("meta")
+    batch = 2 if guided else 1
+    # Independent of the gate's hooks: whole forwards, and copies whose attn1 and/or attn2 compute nothing.
+    guided_inputs, single_inputs = (denoiser_inputs(denoiser, size, RESOLUTION) for size in (batch, 1))
+    forwards = {
+        (True, "before"): calflops_macs(denoiser, guided_inputs),
+        (False, "before"): calflops_macs(without_attn2(denoiser, ["attn1"]), guided_inputs),
+        (True, "after"): calflops_macs(without_attn2(denoiser), single_inputs),
+        (False, "after"): calflops_macs(without_attn2(denoiser, ["attn1", "attn2"]), single_inputs),
+    }
+    forwards[True, "at"] = forwards[True, "before"]
+    assert forwards[False, "before"] < forwards[True, "before"] and forwards[False, "after"] < forwards[True, "after"]
+
+    counter = macs.StepCounter(denoiser, RESOLUTION, guided)
+    for setting in [(3, 2, 2, 1), (5, 3, 1, 2), (1, 2, 3, 0), (STEPS, 2, 1, 0), (4, 1, 1, 0)]:
+        expected = sum(forwards[official_v2_step(step, *setting)] for step in range(STEPS))
+        assert counter.run_macs(STEPS, TgateSchedule(*setting)) == (STEPS * forwards[True, "before"], expected), setting
+    assert not has_hooks(denoiser)  # the gate is removed after counting
+    # v1 (sp = fi = 1) is the closed form of the three v1 kinds of step
+    assert counter.run_macs(STEPS, TgateSchedule(4)) == macs.run_macs(counter.forward_macs(), STEPS, 4)
+
+
+def test_pixart_alpha_reproduces_the_v1_and_v2_tables_at_their_settings(tmp_path, capsys):
+    out = tmp_path / "rows.json"
+    assert macs.main(["--model", "pixart_alpha", "--json", str(out)]) == 0
+    v1, v2 = json.loads(out.read_text())
+    assert [tuple(row) for row in (v1, v2)] == [macs.ROW_KEYS] * 2
+    assert (v1["gate"], v1["sp_interval"], v1["fi_interval"], v1["warm_up"]) == (8, 1, 1, 0)
+    assert (v2["steps"], v2["gate"], v2["sp_interval"], v2["fi_interval"], v2["warm_up"]) == (25, 15, 3, 1, 2)
+    paper = macs.v2_paper_counts(MODELS["pixart_alpha"])
+    assert paper == {"macs_baseline": 107.031e12, "macs_tgate": 73.971e12}
+    for metric, value in paper.items():
+        assert abs(macs.deviation(v2[metric], value)) <= macs.TOLERANCE, metric
+    assert macs.format_count(v2["macs_tgate"], "macs_tgate") == "73.972T"
+    assert v2["macs_baseline"] == v1["macs_baseline"] and v2["macs_tgate"] > v1["macs_tgate"]  # gate 15 vs 8
+    printed = capsys.readouterr().out
+    assert "TGATE-V2 (official V2 README table" in printed
+    assert "V2 README's setting (gate 15, sp 3, fi 1, warm-up 2); both within 0.1% of the V2 table" in printed
+
+
+def test_v2_flags_count_the_requested_setting_only(tmp_path, capsys):
+    out = tmp_path / "rows.json"
+    common = ["--model", "sd15", "--steps", "6", "--gate", "5", "--resolution", "64"]
+    assert macs.main([*common, "--sp-interval", "2", "--warm-up", "1", "--json", str(out), "--markdown"]) == 0
+    (row,) = json.loads(out.read_text())
+    assert (row["steps"], row["gate"], row["sp_interval"], row["fi_interval"], row["warm_up"]) == (6, 5, 2, 1, 1)
+    printed = capsys.readouterr().out
+    assert "| model | steps | gate | sp | fi | warm-up | MACs | MACs w/ TGATE | note |" in printed
+    assert "requested setting (sp 2, fi 1, warm-up 1); no paper figure at this setting" in printed
+    assert macs.main([*common, "--json", str(out)]) == 0  # the same gate, v1: self-attention at every step
+    (v1,) = json.loads(out.read_text())
+    assert (v1["sp_interval"], v1["fi_interval"], v1["warm_up"]) == (1, 1, 0)
+    assert v1["macs_baseline"] == row["macs_baseline"] and v1["macs_tgate"] > row["macs_tgate"]
 
 
 def documented_parameter_counts():
@@ -153,7 +223,9 @@ def test_sd15_reproduces_the_paper_at_gate_5_not_at_the_example_gate_10(tmp_path
     assert macs.main(["--model", "sd15", "--json", str(out), "--markdown"]) == 0
     rows = json.loads(out.read_text())
     assert [tuple(row) for row in rows] == [macs.ROW_KEYS] * 2
-    assert macs.ROW_KEYS == ("model", "steps", "gate", "macs_baseline", "macs_tgate", "params_baseline", "params_tgate")
+    assert macs.ROW_KEYS == ("model", "steps", "gate", "sp_interval", "fi_interval", "warm_up", "macs_baseline",
+                             "macs_tgate", "params_baseline", "params_tgate")
+    assert all((row["sp_interval"], row["fi_interval"], row["warm_up"]) == (1, 1, 0) for row in rows)  # v1
     assert all(isinstance(row[key], int) for row in rows for key in macs.ROW_KEYS[1:])
     assert [(row["model"], row["steps"], row["gate"]) for row in rows] == [("sd15", 25, 10), ("sd15", 25, 5)]
 
@@ -204,6 +276,9 @@ def test_a_config_folder_builds_another_checkpoint_of_the_family():
         (["--steps", "0"], "--steps must be >= 1"),
         (["--resolution", "-8"], "--resolution must be a positive number"),
         (["--config", "some/folder"], "--config needs --model"),
+        (["--sp-interval", "0"], "--sp-interval must be an int >= 1"),
+        (["--fi-interval", "0"], "--fi-interval must be an int >= 1"),
+        (["--warm-up", "-1"], "--warm-up must be an int >= 0"),
     ],
 )
 def test_bad_arguments_exit_with_a_short_message(capsys, argv, message):

@@ -292,6 +292,20 @@ def test_gate_sweep_counts_macs_like_eval_macs_and_its_last_gate_is_stock():
     assert points[0].macs < points[0].stock_macs and all(point.seconds > 0 for point in points)
 
 
+def test_gate_sweep_runs_tgate_v2_and_counts_its_macs():
+    run_settings = settings("sd15", "--gates", "3,5", "--sp-interval", "2", "--out", "unused")
+    assert run_settings.intervals == (2, 1, 0) and settings("pixart_sigma").intervals == (3, 1, 2)  # registry's
+    pipe = tiny_pipe("sd15")
+    points = observation.gate_sweep(pipe, run_settings)
+    v1 = observation.gate_sweep(pipe, settings("sd15", "--gates", "3,5", "--out", "unused"))
+    for point, call in zip(points, [dict(gate_step=3, sp_interval=2), dict(gate_step=5, sp_interval=2)]):
+        assert np.array_equal(pixels(point.image), pixels(stock_image(pipe, run_settings, **call)))
+    # gate 5 of 5 with sp 2 reuses self-attention at steps 1 and 3: fewer MACs than stock, and not the stock image
+    assert points[-1].macs < points[-1].stock_macs == v1[-1].macs
+    assert all(point.macs < before.macs for point, before in zip(points, v1))
+    assert "= stock" not in observation.gate_caption(points[-1], STEPS, run_settings.v1)
+
+
 # --- Bad input --------------------------------------------------------------------------------------------------
 
 
@@ -310,6 +324,8 @@ def test_gate_sweep_counts_macs_like_eval_macs_and_its_last_gate_is_stock():
         (["--checkpoint", "somewhere"], "drop --checkpoint or --tiny"),
         (["--model", "sd3"], "invalid choice: 'sd3'"),
         (["--parts", "everything"], "invalid choice: 'everything'"),
+        (["--sp-interval", "0"], "--sp-interval must be an int >= 1"),
+        (["--warm-up", "-1"], "--warm-up must be an int >= 0"),
     ],
 )
 def test_bad_arguments_exit_with_a_short_message(capsys, argv, message):

@@ -128,7 +128,7 @@ def test_registry_entry_has_the_official_readme_settings():
     spec = MODELS["pixart_sigma"]
     assert spec.checkpoint == "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS"
     assert (spec.steps, spec.gate_step, spec.guidance_scale, spec.resolution) == (25, 15, 4.5, 1024)
-    assert (spec.sp_interval, spec.fi_interval, spec.warm_up) == (3, 1, 2)  # TGATE-V2's, not passed on yet
+    assert (spec.sp_interval, spec.fi_interval, spec.warm_up) == (3, 1, 2)  # TGATE-V2's: generate.py's defaults
     assert spec.scheduler is None and spec.seed == MODELS["pixart_alpha"].seed
     assert spec.prompt == "an astronaut sitting in a diner, eating fries, cinematic, analog film."
     assert (MODELS["pixart_alpha"].sp_interval, MODELS["pixart_alpha"].fi_interval,
@@ -181,15 +181,18 @@ def test_real_transformer_builds_on_meta_with_300_tokens_and_no_size_conditions(
     assert inputs["added_cond_kwargs"] == {"resolution": None, "aspect_ratio": None}
 
 
-def test_macs_cli_counts_the_baseline_of_the_v2_table(tmp_path, capsys):
+def test_macs_cli_counts_the_v2_table_row(tmp_path, capsys):
     out = tmp_path / "rows.json"
     assert macs.main(["--model", "pixart_sigma", "--json", str(out)]) == 0
-    (row,) = json.loads(out.read_text())
+    (row,) = json.loads(out.read_text())  # the V2 table's row only: Sigma is not in the v1 table
     assert (row["model"], row["steps"], row["gate"]) == ("pixart_sigma", 25, 15)
+    assert (row["sp_interval"], row["fi_interval"], row["warm_up"]) == (3, 1, 2)
     assert macs.format_count(row["macs_baseline"], "macs_baseline") == "107.759T"
     paper = MODELS["pixart_sigma"].paper_v2_row(tgate=False)["macs_T"] * 1e12  # 107.766T
     assert abs(macs.deviation(row["macs_baseline"], paper)) <= macs.TOLERANCE
-    # v1 TGATE at gate 15: 14 guided steps, the caching step, 10 gated steps (the V2 figure is not counted here)
-    assert macs.format_count(row["macs_tgate"], "macs_tgate") == "82.940T"
+    # TGATE-V2 at gate 15 with sp 3, fi 1, warm-up 2 (v1 at gate 15 would be 82.940T)
+    assert macs.format_count(row["macs_tgate"], "macs_tgate") == "74.417T"
+    paper = MODELS["pixart_sigma"].paper_v2_row(tgate=True)["macs_T"] * 1e12  # 74.420T
+    assert abs(macs.deviation(row["macs_tgate"], paper)) <= macs.TOLERANCE
     assert row["params_baseline"] == documented_parameter_count() > row["params_tgate"]
     assert "107.759T" in capsys.readouterr().out

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from eval.table import END, START, format_macs, format_params, main
+from eval.table import END, START, V2_END, V2_START, format_macs, format_params, main
 
 ROOT = Path(__file__).resolve().parent.parent
-README = f"# Project\n\nSome text.\n\n{START}\nan old table\n{END}\n\n## After\n\nmore text\n"
+README = (f"# Project\n\nSome text.\n\n{START}\nan old table\n{END}\n\n## After\n\nmore text\n\n"
+          f"{V2_START}\nan old V2 table\n{V2_END}\n\nthe end\n")
 
 
 @pytest.fixture
@@ -20,12 +21,22 @@ def results(tmp_path):
          "params_baseline": 859_520_964, "params_tgate": 815_557_796},
         {"model": "sd15", "steps": 25, "gate": 10, "macs_baseline": 16_930_550_000_000,
          "macs_tgate": 11_637_000_000_000, "params_baseline": 859_520_964, "params_tgate": 815_557_796},
+        # TGATE-V2 rows (self-attention cached): the V2 table only; an LCM row at v1's setting: both tables
+        {"model": "sdxl", "steps": 25, "gate": 10, "sp_interval": 5, "fi_interval": 1, "warm_up": 2,
+         "macs_baseline": 149_433_024_512_000, "macs_tgate": 95_988_672_102_400, "params_baseline": 2_567_463_684,
+         "params_tgate": 2_021_793_284},
+        {"model": "lcm_pixart", "steps": 4, "gate": 1, "sp_interval": 1, "fi_interval": 1, "warm_up": 0,
+         "macs_baseline": 8_562_900_000_000, "macs_tgate": 7_622_950_000_000, "params_baseline": 611_349_152,
+         "params_tgate": 462_584_480},
     ]
     latency = [
         {"model": "sd15", "device": "NVIDIA H100 80GB HBM3", "steps": 25, "gate": 10, "resolution": 512,
          "baseline_s": 1.2345, "tgate_s": 0.8, "speedup": 1.54},
         {"model": "sd21", "device": "cpu", "steps": 4, "gate": 2, "resolution": 32, "baseline_s": 0.5,
          "tgate_s": 0.4, "speedup": 1.25, "tiny": True},
+        {"model": "pixart_sigma", "device": "cpu", "steps": 25, "gate": 15, "sp_interval": 3, "fi_interval": 1,
+         "warm_up": 2, "resolution": 1024, "baseline_s": 60.0, "tgate_s": 40.0, "speedup": 1.5,
+         "random_weights": True},
     ]
     (tmp_path / "macs.json").write_text(json.dumps(macs))
     (tmp_path / "latency.json").write_text(json.dumps(latency))
@@ -70,7 +81,8 @@ def test_table_puts_ours_beside_the_papers_between_the_markers(results, capsys):
     text = (results / "README.md").read_text()
     before, rest = text.split(START)
     table, after = rest.split(END)
-    assert before == README.split(START)[0] and after == README.split(END)[1]  # the rest is untouched
+    assert before == README.split(START)[0]  # the rest is untouched (up to the V2 table's markers)
+    assert after.split(V2_START)[0] == README.split(END)[1].split(V2_START)[0]
     assert "an old table" not in table
 
     baseline = table_row(table, "SD-1.5")
@@ -95,6 +107,26 @@ def test_table_puts_ours_beside_the_papers_between_the_markers(results, capsys):
     assert "written into" in capsys.readouterr().out
 
 
+def test_v2_table_puts_v2_rows_beside_the_v2_readme_table(results):
+    assert main(argv(results)) == 0
+    text = (results / "README.md").read_text()
+    v1_table = text.split(START)[1].split(END)[0]
+    v2_table = text.split(V2_START)[1].split(V2_END)[0]
+    assert "an old V2 table" not in v2_table and text.endswith(f"{V2_END}\n\nthe end\n")
+    sdxl = table_row(v2_table, "SDXL + TGATE")
+    assert sdxl[1:3] == ["95.989T (gate 10, sp 5/fi 1/wu 2)", "95.988T"]
+    assert table_row(v2_table, "SDXL")[1:3] == ["149.433T", "149.438T"]
+    assert table_row(v1_table, "SDXL + TGATE")[1].startswith("-")  # a V2 row is not a v1 measurement
+    assert table_row(v1_table, "SDXL")[1] == "149.433T"  # the stock run is the same in both tables
+    lcm = "LCM (PixArt-Alpha) + TGATE"
+    assert table_row(v2_table, lcm)[1:3] == table_row(v1_table, lcm)[1:3] == ["7.623T (gate 1)", "7.623T"]
+    sigma = table_row(v2_table, "PixArt-Sigma + TGATE")
+    assert sigma[3:5] == ["40.000 (gate 15, sp 3/fi 1/wu 2, random weights)", "36.449"]
+    assert sigma[1].startswith("-") and sigma[2] == "74.420T" and sigma[6] == "32.927"
+    assert "at a TGATE-V2 setting yet" in note(v2_table, sigma[1])
+    assert "| PixArt-Sigma" not in v1_table  # the v1 table has no Sigma rows
+
+
 def test_missing_sources_show_a_dash_and_the_reason(results, tmp_path):
     (results / "macs.json").unlink()
     assert main(argv(results, fid_glob=str(tmp_path / "nothing" / "*.json"))) == 0
@@ -106,11 +138,12 @@ def test_missing_sources_show_a_dash_and_the_reason(results, tmp_path):
     assert row[2] == "9.875T" and row[8] == "20.789"
 
 
-def test_a_readme_without_markers_is_a_clear_error(results, capsys):
-    (results / "README.md").write_text("# no markers\n")
+@pytest.mark.parametrize("readme, missing", [("# no markers\n", START), (f"{START}\n{END}\n", V2_START)])
+def test_a_readme_without_markers_is_a_clear_error(results, capsys, readme, missing):
+    (results / "README.md").write_text(readme)
     assert main(argv(results)) == 2
-    assert START in capsys.readouterr().err
-    assert (results / "README.md").read_text() == "# no markers\n"
+    assert missing in capsys.readouterr().err
+    assert (results / "README.md").read_text() == readme
 
 
 def test_script_prints_from_the_repository_root(tmp_path):
@@ -118,3 +151,4 @@ def test_script_prints_from_the_repository_root(tmp_path):
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "| SD-1.5 + TGATE |" in result.stdout and "none.json not found" in result.stdout
+    assert "| PixArt-Sigma + TGATE |" in result.stdout  # the V2 table too
