@@ -130,12 +130,13 @@ def _register_with_diffusers(cls: type) -> None:
     """Make diffusers' loaders find ``cls`` by name, as they find their own classes.
 
     ``DiffusionPipeline.from_pretrained(folder)`` looks the saved ``_class_name`` up on the ``diffusers``
-    module; ``AutoPipelineFor*.from_pipe`` / ``from_pretrained`` look classes up in the task mappings. Each
+    module (and diffusers' tooling on ``diffusers.pipelines``); ``AutoPipelineFor*.from_pipe`` / ``from_pretrained`` look classes up in the task mappings. Each
     TGATE class gets the key ``tgate-<key>`` of its stock class, so a TGATE text-to-image pipeline maps to the
     TGATE image-to-image class of its family (where one exists) and back.
     """
     stock = next(base for base in cls.__mro__[1:] if base.__module__.startswith("diffusers."))
     setattr(diffusers, cls.__name__, cls)
+    setattr(diffusers.pipelines, cls.__name__, cls)  # diffusers' own test tooling looks classes up there
     for mapping in auto_pipeline.SUPPORTED_TASKS_MAPPINGS:
         for key, pipeline_class in list(mapping.items()):
             if pipeline_class is stock:
