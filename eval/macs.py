@@ -457,7 +457,7 @@ def model_results(model: Counted, args: argparse.Namespace) -> list[Result]:
         row = make_row(spec.key, steps, gate, counter, parameter_counts(model.denoiser, steps, gate))
         if paper is None:
             return Result(row, None, setting)
-        compared = comparable(paper, gate, steps, paper_gate)
+        compared = paper_figures_at(paper, gate, steps, paper_gate)
         if "macs_tgate" not in compared and gate < steps:
             setting += f"; MACs w/ TGATE not compared: the paper's is at gate {paper_gate}"
         return Result(row, compared, setting)
@@ -469,7 +469,7 @@ def model_results(model: Counted, args: argparse.Namespace) -> list[Result]:
     return results
 
 
-def comparable(paper: dict[str, float], gate: int, steps: int, paper_gate: int | None) -> dict[str, float]:
+def paper_figures_at(paper: dict[str, float], gate: int, steps: int, paper_gate: int | None) -> dict[str, float]:
     """The paper's figures at a row's setting: the stock ones always, Params w/ TGATE once a step is gated (it
     does not depend on the gate), MACs w/ TGATE at the gate that reproduces it only."""
     gated = gate < steps
