@@ -56,9 +56,10 @@ class StepClock:
 def wrapped_scheduler_step(scheduler: Any, wrap: Callable[[Callable], Callable]) -> Iterator[None]:
     """Replace ``scheduler.step`` by ``wrap(step)`` inside the block; restore it on exit.
 
-    Every diffusers sampling loop ends each of its steps with exactly one ``scheduler.step`` call, so this
-    is where the loop's step index can be read. The wrapper keeps ``step``'s signature: pipelines inspect it
-    to decide whether to pass ``eta`` and ``generator``.
+    With the first-order schedulers the observation uses, each step of the loop ends with one
+    ``scheduler.step`` call, so this is where its step index can be read (Heun or PNDM call it more often;
+    the gate itself counts the pipeline's progress bar instead). The wrapper keeps ``step``'s signature:
+    pipelines inspect it to decide whether to pass ``eta`` and ``generator``.
     """
     step = scheduler.step
     had_step_attribute = "step" in scheduler.__dict__
