@@ -390,7 +390,8 @@ class Result:
         if not off:
             return f"{self.setting}; {HOW_MANY[len(self.paper)]} within {TOLERANCE:.1%} of {self.reference}"
         return f"{self.setting}; off {self.reference} by more than {TOLERANCE:.1%}: " + ", ".join(
-            f"{HEADERS[m]} {deviation(self.row[m], self.paper[m]):+.3%}" for m in off
+            f"{(DEEPCACHE_HEADERS if self.reference == DEEPCACHE_REFERENCE else HEADERS)[m]} "
+            f"{deviation(self.row[m], self.paper[m]):+.3%}" for m in off
         )
 
 
@@ -512,8 +513,8 @@ def model_results(model: Counted, args: argparse.Namespace) -> list[Result]:
     spec, counter = model.spec, model.counter
     steps = spec.steps if args.steps is None else args.steps
     gate = spec.gate_step if args.gate is None else args.gate
-    comparable = args.config is None and steps == spec.steps and model.resolution == spec.resolution
-    paper = paper_counts(spec) if comparable and spec.paper_row(tgate=False) else None  # the toy has no paper row
+    same_setting = args.config is None and steps == spec.steps and model.resolution == spec.resolution
+    paper = paper_counts(spec) if same_setting and spec.paper_row(tgate=False) else None  # the toy has no paper row
     defaults = all(value is None for value in (args.gate, args.steps, args.resolution, args.config))
     setting = ("example scripts' setting" if spec.paper_row(tgate=False) else "default setting") if defaults else "requested setting"
     # the paper's table names no gate: its MACs w/ TGATE belong to the gate that reproduces them
