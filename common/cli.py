@@ -53,6 +53,11 @@ def build_parser(specs: dict[str, ModelSpec], variant_flag: str | None) -> argpa
                         f"cached every N steps; 1 = every step (default: the model's, {default.fi_interval})")
     parser.add_argument("--warm-up", type=int, help="TGATE-V2: the first N steps compute self-attention without "
                         f"caching it (default: the model's, {default.warm_up})")
+    parser.add_argument("--deepcache-interval", type=int, help="DeepCache (UNet models only): the UNet runs in full "
+                        "every N steps and otherwise only its shallow branch, reset at the gate as in the official "
+                        "TGATE + DeepCache code (official default 3; default: no DeepCache)")
+    parser.add_argument("--deepcache-branch", type=int, help="DeepCache's cache_branch_id, the shallow branch of a "
+                        "partial forward (default 0, the official one; needs --deepcache-interval)")
     parser.add_argument("--guidance", type=float, help="classifier-free guidance scale; <= 1 turns guidance off "
                         f"(default: the paper's, {default.guidance_scale})")
     parser.add_argument("--seed", type=int, help=f"seed of the initial noise (default: the paper's, {default.seed})")
@@ -82,6 +87,22 @@ def check_gate_flag(gate: int, stock_hint: str = "--gate >= --steps") -> int:
         raise ValueError(f"--gate must be >= 1 (the guided steps before the gate), got {gate}; "
                          f"for the stock pipeline use {stock_hint}")
     return gate
+
+
+def deepcache_call(args: argparse.Namespace, spec: ModelSpec) -> dict[str, int]:
+    """The pipeline keywords of ``--deepcache-interval`` / ``--deepcache-branch`` (none without them); a
+    ``ValueError`` for a model without a UNet (PixArt) or a branch without an interval."""
+    interval, branch = getattr(args, "deepcache_interval", None), getattr(args, "deepcache_branch", None)
+    if interval is None:
+        if branch is not None:
+            raise ValueError("--deepcache-branch needs --deepcache-interval (e.g. --deepcache-interval 3)")
+        return {}
+    if spec.denoiser != "unet":
+        raise ValueError(f"DeepCache caches a UNet's deep blocks and {spec.title} is a transformer: "
+                         "--deepcache-interval works with the UNet models (SD-1.5, SD-2.1, SDXL, LCM-SDXL)")
+    check_int("--deepcache-interval", interval, 1)
+    check_int("--deepcache-branch", 0 if branch is None else branch, 0)
+    return {"deepcache_interval": interval, "deepcache_branch": 0 if branch is None else branch}
 
 
 def check_out(out: Path) -> None:
@@ -197,6 +218,7 @@ def generate_main(models: str | dict[str, str], argv: Sequence[str] | None = Non
         check_gate_flag(gate)
         for name, minimum in (("sp_interval", 1), ("fi_interval", 1), ("warm_up", 0)):
             check_int("--" + name.replace("_", "-"), v2[name], minimum)
+        deepcache = deepcache_call(args, spec)
         if guidance < 0:
             raise ValueError(f"--guidance must be >= 0, got {guidance}")
         if args.tiny and args.model:
@@ -234,12 +256,14 @@ def generate_main(models: str | dict[str, str], argv: Sequence[str] | None = Non
     out.parent.mkdir(exist_ok=True)
     v1 = (v2["sp_interval"], v2["fi_interval"]) == (1, 1)
     v2_note = "" if v1 else f" | V2: sp {v2['sp_interval']}, fi {v2['fi_interval']}, warm-up {v2['warm_up']}"
+    if deepcache:
+        v2_note += f" | DeepCache: interval {deepcache['deepcache_interval']}, branch {deepcache['deepcache_branch']}"
     print(f"{spec.title} | {'tiny random' if args.tiny else args.model or spec.checkpoint} | {steps} steps, "
           f"gate {gate}, guidance {guidance}, seed {seed}{v2_note} | {device} {str(dtype).removeprefix('torch.')}")
     if args.compare:  # warm up kernels and caches so neither timed run pays for them
         pipe(**{**call, "num_inference_steps": 2}, output_type="latent")
 
-    image, seconds = timed_generation(pipe, device, seed, gate_step=gate, **v2, **call)
+    image, seconds = timed_generation(pipe, device, seed, gate_step=gate, **v2, **deepcache, **call)
     image.save(out)
     print(f"TGATE  {seconds:7.2f} s -> {out}")
     if args.compare:

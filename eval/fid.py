@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from common.cli import DTYPES, check_gate_flag, device_name, resolve_device_and_dtype  # noqa: E402
+from common.cli import DTYPES, check_gate_flag, deepcache_call, device_name, resolve_device_and_dtype  # noqa: E402
 from common.models import MODELS, TOY_MODEL, CheckpointNotFoundError, ModelSpec, get_model  # noqa: E402
 from common.schedule import check_int  # noqa: E402
 from eval.fid_data import (  # noqa: E402
@@ -87,7 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warm-up", type=int, help="TGATE-V2: the first N steps compute self-attention without "
                         "caching it (default: the model's: 0; 2 for pixart_sigma)")
     parser.add_argument("--baseline", action="store_true", help="the stock pipeline without TGATE (the paper's "
-                        "baseline rows); cannot be combined with --gate")
+                        "baseline rows; with --deepcache-interval, DeepCache alone); cannot be combined with --gate")
+    parser.add_argument("--deepcache-interval", type=int, help="DeepCache (UNet models only): the UNet runs in full "
+                        "every N steps, otherwise its shallow branch; with a gate, the official TGATE + DeepCache "
+                        "combination (default: no DeepCache)")
+    parser.add_argument("--deepcache-branch", type=int, help="DeepCache's cache_branch_id (default 0, the official; "
+                        "needs --deepcache-interval)")
     parser.add_argument("--steps", type=int, help="denoising steps (default: the paper's for --model, e.g. 25)")
     parser.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the caption sample and of the per-image noise "
@@ -145,6 +150,7 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, s
                              "drop --coco-root and --inception-weights")
         if spec.key != TOY_MODEL and args.coco_root is None:
             raise ValueError("--coco-root DIR is required: COCO's annotations/captions_val2014.json and val2014/")
+        args.deepcache = deepcache_call(args, spec)  # {} without DeepCache
         args.steps = spec.steps if args.steps is None else args.steps
         if args.gate is not None:
             check_gate_flag(args.gate, "--baseline")
@@ -169,6 +175,7 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, s
     except ValueError as error:
         parser.error(str(error))
     name = "baseline" if args.gate is None else f"gate{args.gate}{v2_suffix(args.v2)}"
+    name += deepcache_suffix(args.deepcache)
     run_name = f"{spec.key}_{name}{'_tiny' if args.tiny else ''}"
     args.out = args.out or Path("results") / "fid" / run_name
     args.stats_dir = args.stats_dir or default_stats_dir()
@@ -181,12 +188,20 @@ def v2_suffix(v2: dict) -> str:
     return f"_sp{v2['sp_interval']}_fi{v2['fi_interval']}_wu{v2['warm_up']}"
 
 
+def deepcache_suffix(deepcache: dict) -> str:
+    """``_dc3_br0`` for a DeepCache run, nothing without DeepCache."""
+    return "_dc{deepcache_interval}_br{deepcache_branch}".format(**deepcache) if deepcache else ""
+
+
 def describe(args: argparse.Namespace) -> str:
-    """'baseline', 'gate 10' or 'gate 10, sp 5, fi 1, warm-up 2'."""
+    """'baseline', 'gate 10' or 'gate 10, sp 5, fi 1, warm-up 2'; DeepCache's ', DeepCache interval 3, branch 0'
+    after it ('DeepCache interval 3, branch 0' alone for DeepCache without TGATE)."""
+    deepcache = getattr(args, "deepcache", None) or {}
+    deep = "DeepCache interval {deepcache_interval}, branch {deepcache_branch}".format(**deepcache) if deepcache else ""
     if args.gate is None:
-        return "baseline"
+        return deep or "baseline"
     return f"gate {args.gate}" + (", sp {sp_interval}, fi {fi_interval}, warm-up {warm_up}".format(**args.v2)
-                                  if v2_suffix(args.v2) else "")
+                                  if v2_suffix(args.v2) else "") + (f", {deep}" if deep else "")
 
 
 def caption_list(args: argparse.Namespace, source: CocoCaptions) -> list[CaptionRecord]:
@@ -377,6 +392,7 @@ def compute_result(args, spec: ModelSpec, records, settings: dict, weights: Path
         "tgate": args.gate is not None,
         **{key: settings[key] for key in ("gate", "steps", "guidance_scale", "resolution", "seed", "dtype")},
         **args.v2,  # a TGATE run's sp_interval, fi_interval, warm_up
+        **args.deepcache,  # a DeepCache run's deepcache_interval, deepcache_branch
         "n": len(records),
         "seconds_per_image": totals["seconds_per_image"],
         "seconds_per_image_note": "generation wall time / images, summed over processes and resumed runs, at "
@@ -411,18 +427,18 @@ def generate_share(args, spec: ModelSpec, state, device: torch.device, dtype: to
     pipe.set_progress_bar_config(disable=True)
     resolution = args.resolution or (pipe.native_resolution if args.tiny else spec.resolution)
     settings = {"model": spec.key, "checkpoint": "tiny" if args.tiny else args.checkpoint or spec.checkpoint,
-                "gate": args.gate, **args.v2, "steps": args.steps, "guidance_scale": args.guidance,
+                "gate": args.gate, **args.v2, **args.deepcache, "steps": args.steps, "guidance_scale": args.guidance,
                 "resolution": resolution, "seed": args.seed, "dtype": str(dtype).removeprefix("torch."),
                 "captions_sha256": records_sha256(records)}
     if state.is_main_process:
         check_run_settings(args.out, settings)
     state.wait_for_everyone()
 
-    print(f"{spec.title} | {settings['checkpoint']} | {'baseline' if args.gate is None else f'TGATE {describe(args)}'}"
+    print(f"{spec.title} | {settings['checkpoint']} | {describe(args) if args.gate is None else f'TGATE {describe(args)}'}"
           f" | {args.steps} steps, guidance {args.guidance}, {resolution}px | {len(records)} captions | "
           f"process {state.process_index}/{state.num_processes} on {device}")
     call = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, height=resolution, width=resolution,
-                gate_step=args.gate, **args.v2)
+                gate_step=args.gate, **args.v2, **args.deepcache)
     report = generate_images(pipe, records, args.out / "images", seed=args.seed, batch_size=args.batch_size,
                              call=call, rank=state.process_index, world=state.num_processes,
                              timing_path=args.out / "timing" / f"{uuid.uuid4().hex}.json")

@@ -47,7 +47,7 @@ from common.architectures import (  # noqa: E402
 )
 from common.cli import check_gate_flag  # noqa: E402
 from common.gate import (  # noqa: E402
-    check_gate_step, cross_attention_modules, gated_sampling, self_attention_modules,
+    check_gate_step, cross_attention_modules, deepcache_modules, gated_sampling, self_attention_modules,
 )
 from common.models import MODELS, PAPER, PAPER_MODELS, ModelSpec, get_model  # noqa: E402
 from common.schedule import CACHE, REUSE, StepPlan, TgateSchedule, check_int  # noqa: E402
@@ -55,10 +55,15 @@ from common.pipeline import TgateMixin  # noqa: E402
 
 ROW_KEYS = ("model", "steps", "gate", "sp_interval", "fi_interval", "warm_up", "macs_baseline", "macs_tgate",
             "params_baseline", "params_tgate")
+DEEPCACHE_ROW_KEYS = (*ROW_KEYS, "deepcache_interval", "deepcache_branch")  # DeepCache rows only
 V1_INTERVALS = (1, 1, 0)  # sp_interval, fi_interval, warm_up: self-attention computed at every step
 # A figure "matches" the paper's when within this relative distance of the printed value.
 TOLERANCE = 1e-3
 UNITS = {"T": 1e12, "G": 1e9, "B": 1e9, "M": 1e6, "K": 1e3}
+DEEPCACHE_NOTE = (
+    "The paper's DeepCache figures (57.888T, 43.868T) are reproduced at cache_branch_id 1 and gate 13; no documented "
+    "setting says either: the official defaults are cache_branch_id 0 and gate 10, which give fewer MACs."
+)
 ARCHITECTURE_NOTE = (
     "Counted on the real architectures built from their configs on the meta device: no weights are loaded, "
     "and MACs and parameter counts do not depend on weight values."
@@ -118,7 +123,7 @@ class StepCounter:
                     call.step = step
                     if plan not in self.counts:
                         self.counts[plan] = self._count(plan, ran)
-                    elif CACHE in (plan.cross_attention, plan.self_attention):
+                    elif CACHE in (plan.cross_attention, plan.self_attention, plan.deepcache):
                         with torch.no_grad():  # not counted again, but its caches are what later steps reuse
                             self.denoiser(**self.inputs)
         return [self.counts[plan] for plan in plans]
@@ -128,7 +133,14 @@ class StepCounter:
         return self.step_macs(TgateSchedule(gate_step=2), 1)[0]
 
     def run_macs(self, steps: int, schedule: TgateSchedule) -> tuple[int, int]:
-        """(stock, TGATE) MACs of a whole sampling run of ``steps`` steps."""
+        """(baseline, TGATE) MACs of a whole sampling run of ``steps`` steps.
+
+        The baseline is the stock run, or DeepCache alone (no gate, the same interval and branch) where
+        ``schedule`` uses DeepCache."""
+        if schedule.uses_deepcache:
+            alone = TgateSchedule(None, deepcache_interval=schedule.deepcache_interval,
+                                  deepcache_branch=schedule.deepcache_branch)
+            return sum(self.step_macs(alone, steps)), sum(self.step_macs(schedule, steps))
         return steps * self.stock_step(), sum(self.step_macs(schedule, steps))
 
     def forward_macs(self) -> "ForwardMacs":
@@ -136,23 +148,31 @@ class StepCounter:
         return ForwardMacs(*self.step_macs(TgateSchedule(gate_step=2), 3))
 
     def _count(self, plan: StepPlan, ran: dict[str, int]) -> int:
-        ran.update(cross=0, self=0)
+        ran.update(cross=0, self=0, deep=0)
         macs = count_forward_macs(self.denoiser, self.inputs)
-        for kind, action in (("cross", plan.cross_attention), ("self", plan.self_attention)):
+        for kind, action in (("cross", plan.cross_attention), ("self", plan.self_attention),
+                             ("deep", plan.deepcache)):
             if action == REUSE and ran[kind]:  # the hook found no cache and computed: the count would be wrong
-                raise RuntimeError(f"{kind}-attention computed at a step planned to reuse its cache ({plan})")
+                what = "the deep blocks" if kind == "deep" else f"{kind}-attention"
+                raise RuntimeError(f"{what} computed at a step planned to reuse its cache ({plan})")
         return macs
 
 
 @contextlib.contextmanager
 def _projections(denoiser: torch.nn.Module):
     """Count the query projections run by cross- and self-attention modules (``ran["cross"]``, ``ran["self"]``)."""
-    ran = {"cross": 0, "self": 0}
+    ran = {"cross": 0, "self": 0, "deep": 0}
     handles = []
     for kind, modules in (("cross", cross_attention_modules(denoiser)), ("self", self_attention_modules(denoiser))):
         for module in modules:
             handles.append(module.to_q.register_forward_pre_hook(
                 lambda _module, _args, kind=kind: ran.__setitem__(kind, ran[kind] + 1)))
+    # DeepCache: every partial forward skips the UNet's mid block (its DeepCache hook returns the cache without
+    # running it), so its first resnet runs only in a full forward or when the cache was missing
+    mid_block = getattr(getattr(denoiser, "mid_block", None), "resnets", None) if deepcache_modules(denoiser) else None
+    if mid_block:
+        handles.append(mid_block[0].register_forward_pre_hook(
+            lambda _module, _args: ran.__setitem__("deep", ran["deep"] + 1)))
     try:
         yield ran
     finally:
@@ -197,16 +217,24 @@ def runs_guidance(spec: ModelSpec, denoiser: torch.nn.Module) -> bool:
     return TgateMixin.uses_guidance(SimpleNamespace(denoiser=denoiser), spec.guidance_scale)
 
 
-def schedule_of(gate: int, intervals: tuple[int, int, int] = V1_INTERVALS) -> TgateSchedule:
-    """The TGATE schedule of a gate and (sp_interval, fi_interval, warm_up)."""
+def schedule_of(gate: int, intervals: tuple[int, int, int] = V1_INTERVALS,
+                deepcache: tuple[int, int] | None = None) -> TgateSchedule:
+    """The TGATE schedule of a gate, (sp_interval, fi_interval, warm_up) and DeepCache's (interval, branch)."""
     sp_interval, fi_interval, warm_up = intervals
-    return TgateSchedule(gate, sp_interval=sp_interval, fi_interval=fi_interval, warm_up=warm_up)
+    interval, branch = deepcache or (None, 0)
+    return TgateSchedule(gate, sp_interval=sp_interval, fi_interval=fi_interval, warm_up=warm_up,
+                         deepcache_interval=interval, deepcache_branch=branch)
 
 
 def make_row(key: str, steps: int, gate: int, counter: StepCounter, params: tuple[int, int],
-             intervals: tuple[int, int, int] = V1_INTERVALS) -> dict[str, Any]:
-    macs_baseline, macs_tgate = counter.run_macs(steps, schedule_of(gate, intervals))
-    return dict(zip(ROW_KEYS, (key, steps, gate, *intervals, macs_baseline, macs_tgate, *params)))
+             intervals: tuple[int, int, int] = V1_INTERVALS, deepcache: tuple[int, int] | None = None) -> dict[str, Any]:
+    """A row with the ``ROW_KEYS``; with ``deepcache`` (interval, branch), the ``DEEPCACHE_ROW_KEYS``, its
+    ``macs_baseline`` being DeepCache alone and ``macs_tgate`` DeepCache with TGATE."""
+    macs_baseline, macs_tgate = counter.run_macs(steps, schedule_of(gate, intervals, deepcache))
+    values = (key, steps, gate, *intervals, macs_baseline, macs_tgate, *params)
+    if deepcache is not None:
+        return dict(zip(DEEPCACHE_ROW_KEYS, (*values, *deepcache)))
+    return dict(zip(ROW_KEYS, values))
 
 
 def registry_intervals(spec: ModelSpec) -> tuple[int, int, int]:
@@ -285,14 +313,30 @@ def v2_paper_counts(spec: ModelSpec) -> dict[str, float] | None:
     return {"macs_baseline": stock["macs_T"] * UNITS["T"], "macs_tgate": tgate["macs_T"] * UNITS["T"]}
 
 
+DEEPCACHE_PAPER = PAPER["v2"]["deepcache"]  # the official README's DeepCache rows (SDXL) and their settings
+
+
+def deepcache_setting(settings: dict[str, int]) -> tuple[int, int, tuple[int, int]]:
+    """(steps, gate, (deepcache_interval, deepcache_branch)) of a ``DEEPCACHE_PAPER`` settings entry."""
+    return settings["steps"], settings["gate_step"], (settings["deepcache_interval"], settings["deepcache_branch"])
+
+
+def deepcache_paper_counts(spec: ModelSpec) -> dict[str, float] | None:
+    """The paper's DeepCache MACs (DeepCache alone, DeepCache w/ TGATE), None for any model but its SDXL."""
+    if spec.key != DEEPCACHE_PAPER["model"]:
+        return None
+    rows = {row["tgate"]: row["macs_T"] * UNITS["T"] for row in DEEPCACHE_PAPER["rows"]}
+    return {"macs_baseline": rows[False], "macs_tgate": rows[True]}
+
+
 def deviation(ours: int, paper: float) -> float:
     return (ours - paper) / paper
 
 
 def matching_gate(counter: StepCounter, steps: int, paper_macs_tgate: float,
-                  intervals: tuple[int, int, int] = V1_INTERVALS) -> int | None:
+                  intervals: tuple[int, int, int] = V1_INTERVALS, deepcache: tuple[int, int] | None = None) -> int | None:
     """The gate (with these intervals) whose TGATE MACs are nearest the paper's, if within ``TOLERANCE``."""
-    off = {gate: abs(deviation(counter.run_macs(steps, schedule_of(gate, intervals))[1], paper_macs_tgate))
+    off = {gate: abs(deviation(counter.run_macs(steps, schedule_of(gate, intervals, deepcache))[1], paper_macs_tgate))
            for gate in range(1, steps + 1)}
     best = min(off, key=off.get)
     return best if off[best] <= TOLERANCE else None
@@ -304,6 +348,8 @@ METRICS = ("macs_baseline", "macs_tgate", "params_baseline", "params_tgate")
 V2_METRICS = ("macs_baseline", "macs_tgate")  # the V2 table has no parameter column
 HEADERS = {"macs_baseline": "MACs", "macs_tgate": "MACs w/ TGATE",
            "params_baseline": "Params", "params_tgate": "Params w/ TGATE"}
+DEEPCACHE_HEADERS = {"macs_baseline": "MACs DeepCache", "macs_tgate": "DeepCache+TGATE"}
+DEEPCACHE_REFERENCE = "the paper's DeepCache rows"
 HOW_MANY = {1: "the one figure", 2: "both", 3: "all three", 4: "all four"}
 
 
@@ -328,7 +374,7 @@ class Result:
 
     @property
     def metrics(self) -> tuple[str, ...]:
-        return METRICS if self.reference == "the paper" else V2_METRICS
+        return METRICS if self.reference == "the paper" else V2_METRICS  # DeepCache's rows: MACs only
 
     def outside_tolerance(self) -> list[str]:
         """The figures further than ``TOLERANCE`` from the paper's."""
@@ -344,7 +390,8 @@ class Result:
         if not off:
             return f"{self.setting}; {HOW_MANY[len(self.paper)]} within {TOLERANCE:.1%} of {self.reference}"
         return f"{self.setting}; off {self.reference} by more than {TOLERANCE:.1%}: " + ", ".join(
-            f"{HEADERS[m]} {deviation(self.row[m], self.paper[m]):+.3%}" for m in off
+            f"{(DEEPCACHE_HEADERS if self.reference == DEEPCACHE_REFERENCE else HEADERS)[m]} "
+            f"{deviation(self.row[m], self.paper[m]):+.3%}" for m in off
         )
 
 
@@ -378,6 +425,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "cached every N steps (1: every step)")
     v2.add_argument("--warm-up", type=int, metavar="N", help="the first N steps compute self-attention without "
                     "caching it")
+    deep = parser.add_argument_group("DeepCache", "the UNet runs in full every N steps and otherwise only its "
+                                     "shallow branch B (the official TGATE + DeepCache combination: DeepCache reset "
+                                     "at gate - 1 and gate). Counts only DeepCache rows: MACs = DeepCache alone, "
+                                     "MACs w/ TGATE = DeepCache with TGATE at --gate (default 10, the official one), "
+                                     "plus the gate that gives the paper's figure where that one does not. Without "
+                                     "these flags the SDXL DeepCache rows are counted at the paper-matching setting "
+                                     "(interval 3, branch 1, gate 13) and the official defaults (3, 0, gate 10)")
+    deep.add_argument("--deepcache-interval", type=int, metavar="N", help="steps between full UNet forwards (> 1)")
+    deep.add_argument("--deepcache-branch", type=int, metavar="B", help="DeepCache's cache_branch_id: the shallow "
+                      "branch of a partial forward (default 0, the official default; 1 gives the paper's MACs)")
     parser.add_argument("--config", metavar="HUB_ID_OR_FOLDER", help="count another checkpoint of the same family "
                         "as --model (which must name one model): a hub id or local folder with the denoiser's "
                         "config, either the pipeline (unet/ or transformer/ inside) or the denoiser folder itself")
@@ -411,6 +468,16 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[Mod
                                      ("--warm-up", args.warm_up, 0)):
             if value is not None:
                 check_int(flag, value, minimum)
+        if args.deepcache_branch is not None and args.deepcache_interval is None:
+            raise ValueError("--deepcache-branch needs --deepcache-interval (e.g. --deepcache-interval 3)")
+        if args.deepcache_interval is not None:
+            check_int("--deepcache-interval", args.deepcache_interval, 2)
+            check_int("--deepcache-branch", args.deepcache_branch or 0, 0)
+            if args.model == "all":
+                specs = [get_model(DEEPCACHE_PAPER["model"])]  # the paper's DeepCache rows are SDXL's
+            elif specs[0].denoiser != "unet":
+                raise ValueError(f"DeepCache caches a UNet's deep blocks: {specs[0].key} has no UNet (UNet models: "
+                                 + ", ".join(key for key, spec in MODELS.items() if spec.denoiser == "unet") + ")")
         if args.config and args.model == "all":
             raise ValueError("--config needs --model naming the family of that checkpoint, e.g. --model sdxl")
     except ValueError as error:
@@ -446,8 +513,8 @@ def model_results(model: Counted, args: argparse.Namespace) -> list[Result]:
     spec, counter = model.spec, model.counter
     steps = spec.steps if args.steps is None else args.steps
     gate = spec.gate_step if args.gate is None else args.gate
-    comparable = args.config is None and steps == spec.steps and model.resolution == spec.resolution
-    paper = paper_counts(spec) if comparable and spec.paper_row(tgate=False) else None  # the toy has no paper row
+    same_setting = args.config is None and steps == spec.steps and model.resolution == spec.resolution
+    paper = paper_counts(spec) if same_setting and spec.paper_row(tgate=False) else None  # the toy has no paper row
     defaults = all(value is None for value in (args.gate, args.steps, args.resolution, args.config))
     setting = ("example scripts' setting" if spec.paper_row(tgate=False) else "default setting") if defaults else "requested setting"
     # the paper's table names no gate: its MACs w/ TGATE belong to the gate that reproduces them
@@ -507,26 +574,68 @@ def v2_results(model: Counted, args: argparse.Namespace) -> list[Result]:
     return results
 
 
+def deepcache_results(model: Counted, args: argparse.Namespace) -> list[Result]:
+    """DeepCache rows: at the requested setting, or (no DeepCache flags) at the paper-matching setting and the
+    official defaults; plus the gate that gives the paper's DeepCache w/ TGATE where the requested one does not."""
+    spec, counter = model.spec, model.counter
+    official = deepcache_setting(DEEPCACHE_PAPER["settings"])
+    matching = deepcache_setting(DEEPCACHE_PAPER["matching_settings"])
+    given = (args.sp_interval, args.fi_interval, args.warm_up)
+    intervals = tuple(default if value is None else value for value, default in zip(given, V1_INTERVALS))
+    if args.deepcache_interval is None:
+        settings = [(*matching, "the setting that gives the paper's DeepCache MACs (branch 1, gate 13: no "
+                     "documented setting says either)"),
+                    (*official, "the official defaults (cache_interval 3, cache_branch_id 0, gate 10)")]
+    else:
+        steps = spec.steps if args.steps is None else args.steps
+        deepcache = (args.deepcache_interval, args.deepcache_branch or 0)
+        gate = official[1] if args.gate is None else args.gate
+        official_note = " (the official defaults)" if (steps, gate, deepcache) == official else ""
+        settings = [(steps, gate, deepcache, f"requested setting{official_note}")]
+    paper = deepcache_paper_counts(spec) if args.config is None and model.resolution == spec.resolution else None
+    results = []
+    for steps, gate, deepcache, setting in settings:
+        compared = paper if paper is not None and steps == official[0] and intervals == V1_INTERVALS else None
+        params = parameter_counts(model.denoiser, steps, gate)
+        setting = f"DeepCache interval {deepcache[0]}, branch {deepcache[1]}: {setting}"
+        results.append(Result(make_row(spec.key, steps, gate, counter, params, intervals, deepcache), compared,
+                              setting, DEEPCACHE_REFERENCE))
+    if args.deepcache_interval is not None and args.gate is None and compared is not None \
+            and "macs_tgate" in results[0].outside_tolerance():
+        match = matching_gate(counter, steps, compared["macs_tgate"], intervals, deepcache)
+        if match is not None and match != gate:
+            params = parameter_counts(model.denoiser, steps, match)
+            setting = (f"DeepCache interval {deepcache[0]}, branch {deepcache[1]}: gate {match}, the gate that gives "
+                       "the paper's DeepCache w/ TGATE (no documented setting says it)")
+            results.append(Result(make_row(spec.key, steps, match, counter, params, intervals, deepcache), compared,
+                                  setting, DEEPCACHE_REFERENCE))
+    return results
+
+
 def text_table(results: list[Result]) -> str:
     metrics = results[0].metrics
     v2 = results[0].reference != "the paper"
+    deep = results[0].reference == DEEPCACHE_REFERENCE
+    reference = "paper" if not v2 or deep else "V2 table"
 
     def line(label: str, cells: list[str], note: str = "") -> str:
         return f"{label:<{width}}" + "".join(f"{cell:>16}" for cell in cells) + (f"  {note}" if note else "")
 
     def setting(row: dict[str, Any]) -> str:
         text = f"{row['model']:<13}{row['steps']:>5}{row['gate']:>5}"
-        return text + (f"{row['sp_interval']:>4}{row['fi_interval']:>4}{row['warm_up']:>4}" if v2 else "")
+        text += f"{row['sp_interval']:>4}{row['fi_interval']:>4}{row['warm_up']:>4}" if v2 else ""
+        return text + (f"{row['deepcache_interval']:>4}{row['deepcache_branch']:>4}" if deep else "")
 
-    width = 35 if v2 else 23
+    width = (43 if deep else 35) if v2 else 23
     header = f"{'model':<13}{'steps':>5}{'gate':>5}" + (f"{'sp':>4}{'fi':>4}{'wu':>4}" if v2 else "")
-    lines = [line(header, [HEADERS[m] for m in metrics], "note")]
+    header += f"{'dc':>4}{'br':>4}" if deep else ""
+    headers = DEEPCACHE_HEADERS if deep else HEADERS
+    lines = [line(header, [headers[m] for m in metrics], "note")]
     for result in results:
         row, paper = result.row, result.paper
         lines.append(line(setting(row), [format_count(row[m], m) for m in metrics], result.note))
         if paper:
-            lines.append(line("  " + ("V2 table" if v2 else "paper"),
-                              [format_count(paper[m], m) if m in paper else "-" for m in metrics]))
+            lines.append(line("  " + reference, [format_count(paper[m], m) if m in paper else "-" for m in metrics]))
             lines.append(line("  difference", [f"{deviation(row[m], paper[m]):+.3%}" if m in paper else "-"
                                                for m in metrics]))
     return "\n".join(lines)
@@ -535,24 +644,29 @@ def text_table(results: list[Result]) -> str:
 def markdown_table(results: list[Result]) -> str:
     metrics = results[0].metrics
     v2 = results[0].reference != "the paper"
-    settings = ["model", "steps", "gate", *(("sp", "fi", "warm-up") if v2 else ())]
-    lines = ["| " + " | ".join(settings + [HEADERS[m] for m in metrics]) + " | note |",
+    deep = results[0].reference == DEEPCACHE_REFERENCE
+    reference = "paper" if not v2 or deep else "V2 table"
+    settings = ["model", "steps", "gate", *(("sp", "fi", "warm-up") if v2 else ()),
+                *(("DeepCache interval", "branch") if deep else ())]
+    headers = DEEPCACHE_HEADERS if deep else HEADERS
+    lines = ["| " + " | ".join(settings + [headers[m] for m in metrics]) + " | note |",
              "| --- | " + " | ".join("---:" for _ in settings[1:] + list(metrics)) + " | --- |"]
     for result in results:
         row, paper = result.row, result.paper
         cells = [
             format_count(row[m], m)
-            + (f" ({'V2 table' if v2 else 'paper'} {format_count(paper[m], m)}, {deviation(row[m], paper[m]):+.3%})"
+            + (f" ({reference} {format_count(paper[m], m)}, {deviation(row[m], paper[m]):+.3%})"
                if paper and m in paper else "")
             for m in metrics
         ]
-        values = [row["steps"], row["gate"], *((row["sp_interval"], row["fi_interval"], row["warm_up"]) if v2 else ())]
+        values = [row["steps"], row["gate"], *((row["sp_interval"], row["fi_interval"], row["warm_up"]) if v2 else ()),
+                  *((row["deepcache_interval"], row["deepcache_branch"]) if deep else ())]
         lines.append(f"| {MODELS[row['model']].title} | " + " | ".join(map(str, values)) + " | " + " | ".join(cells)
                      + f" | {result.note} |")
     return "\n".join(lines)
 
 
-def print_tables(v1: list[Result], v2: list[Result], markdown: bool) -> None:
+def print_tables(v1: list[Result], v2: list[Result], markdown: bool, deep: Sequence[Result] = ()) -> None:
     render = markdown_table if markdown else text_table
     if v1:
         if v2:
@@ -570,6 +684,13 @@ def print_tables(v1: list[Result], v2: list[Result], markdown: bool) -> None:
         if any(result.setting.startswith("gate ") for result in v2):
             print("Where the V2 README's gate does not give the V2 table's MACs w/ TGATE, the next row shows the "
                   "gate that does at the same intervals.")
+    if deep:
+        if v1 or v2:
+            print()
+        print("DeepCache (official README's DeepCache rows, SDXL: MACs DeepCache = DeepCache alone, DeepCache+TGATE "
+              "= MACs of the official TGATE + DeepCache combination; dc = DeepCache interval, br = branch)")
+        print(render(list(deep)))
+        print(DEEPCACHE_NOTE)
     print(ARCHITECTURE_NOTE)
 
 
@@ -586,9 +707,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, specs = parse_args(argv)
     v1: list[Result] = []
     v2: list[Result] = []
+    deep: list[Result] = []
     for spec in tqdm(specs, desc="counting", unit="model", file=sys.stderr):
         try:
             model = counted(spec, args)
+            if args.deepcache_interval is not None:
+                deep += deepcache_results(model, args)
+                continue
+            if (args.model == "all" and not requested_v2(args) and args.config is None
+                    and deepcache_paper_counts(spec) is not None):  # the paper's DeepCache rows too
+                deep += deepcache_results(model, args)
             if requested_v2(args):
                 v2 += v2_results(model, args)
                 continue
@@ -604,10 +732,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     order = [*V2_TABLE, *MODELS]  # the V2 table's order
     v2.sort(key=lambda result: order.index(result.row["model"]))
-    print_tables(v1, v2, args.markdown)
+    print_tables(v1, v2, args.markdown, deep)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(unique_rows(v1 + v2), indent=2) + "\n")
+        args.json.write_text(json.dumps(unique_rows(v1 + v2 + deep), indent=2) + "\n")
         print(f"rows -> {args.json}")
     return 0
 

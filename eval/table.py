@@ -111,6 +111,12 @@ def v2_table_intervals(model: str) -> tuple[int, int, int] | None:
     return None if settings is None else (settings["sp_interval"], settings["fi_interval"], settings["warm_up"])
 
 
+def deepcache_of(row: dict) -> tuple[int, int] | None:
+    """A row's DeepCache (interval, branch), None where it has none (an interval of None or 1 is no DeepCache)."""
+    interval = row.get("deepcache_interval")
+    return None if interval in (None, 1) else (interval, row.get("deepcache_branch", 0))
+
+
 def in_table(row: dict, model: str, table: str) -> bool:
     """Whether a TGATE measurement belongs in the v1 table (v1 settings) or the V2 table (the model's V2 setting,
     or any setting that caches self-attention)."""
@@ -120,10 +126,14 @@ def in_table(row: dict, model: str, table: str) -> bool:
 
 
 def setting_label(row: dict) -> str:
-    """'gate 10', or 'gate 10, sp 5/fi 1/wu 2' for a TGATE-V2 measurement."""
-    if is_v1(row):
-        return f"gate {row['gate']}"
-    return "gate {}, sp {}/fi {}/wu {}".format(row["gate"], *intervals_of(row))
+    """'gate 10', or 'gate 10, sp 5/fi 1/wu 2' for a TGATE-V2 measurement; DeepCache's 'dc 3/br 1' after it."""
+    deepcache = deepcache_of(row)
+    label = "gate {}".format(row["gate"]) if row.get("gate") is not None else ""
+    if not is_v1(row):
+        label += ", sp {}/fi {}/wu {}".format(*intervals_of(row))
+    if deepcache is not None:
+        label += (", " if label else "") + "dc {}/br {}".format(*deepcache)
+    return label
 
 
 def title_of(model: str) -> str:
@@ -156,7 +166,8 @@ def closest_to_paper(rows: list[dict], model: str) -> dict:
 def one_per_gate(rows: list[dict], model: str) -> list[dict]:
     """One row per setting (gate, and TGATE-V2's intervals where they are not v1's)."""
     def setting(row: dict) -> tuple:
-        return (row.get("gate") is None, row.get("gate") or 0, () if is_v1(row) else intervals_of(row))
+        return (row.get("gate") is None, row.get("gate") or 0, () if is_v1(row) else intervals_of(row),
+                deepcache_of(row) or ())
 
     settings = sorted({setting(row) for row in rows})
     return [closest_to_paper([row for row in rows if setting(row) == each], model) for each in settings]
@@ -179,11 +190,15 @@ class OurColumns:
         if reason:
             return [], reason
         rows = [row for row in rows if row.get("model") == model]
-        if tgate:
+        # DeepCache's measurements go in the DeepCache table only, and only there
+        rows = [row for row in rows if (deepcache_of(row) is not None) == (table == "deepcache")]
+        if tgate and table != "deepcache":
             rows = [row for row in rows if in_table(row, model, table)]
         if source == "fid":  # one result per run: a baseline run has no gate
             rows = [row for row in rows if (row.get("gate") is not None) == tgate]
             return rows, None if rows else "no eval/fid.py result for this model and setting yet"
+        if not rows and table == "deepcache":
+            return [], f"no eval/{source}.py measurement of this model with DeepCache yet"
         if not rows and tgate and table == "v2":
             return [], f"no eval/{source}.py measurement of this model at a TGATE-V2 setting yet"
         return rows, None if rows else f"no eval/{source}.py measurement of this model yet"
@@ -197,8 +212,14 @@ class OurColumns:
         if not rows:
             return self.notes.missing(f"no '{field}' in the {source} results of {model}")
         values = []
-        for row in one_per_gate(rows, model) if tgate else [closest_to_paper(rows, model)]:
-            setting = [setting_label(row)] if tgate else []
+        if table == "deepcache" and not tgate:  # DeepCache alone: one value per DeepCache setting
+            chosen = [closest_to_paper([r for r in rows if deepcache_of(r) == each], model)
+                      for each in sorted({deepcache_of(r) for r in rows})]
+        else:
+            chosen = one_per_gate(rows, model) if tgate else [closest_to_paper(rows, model)]
+        for row in chosen:
+            setting = [setting_label(row) if tgate else "dc {}/br {}".format(*deepcache_of(row))] \
+                if tgate or table == "deepcache" else []
             values.append((formatter(row[field]), setting + labels_of(row, model)))
         return cell(values)
 
@@ -239,6 +260,27 @@ def render_v2_table(columns: OurColumns) -> str:
     return "\n".join(lines)
 
 
+def render_deepcache_table(columns: OurColumns) -> str:
+    """The official README's DeepCache rows (SDXL) with ours beside them (cells name gate, DeepCache interval and
+    branch)."""
+    deep = PAPER["v2"]["deepcache"]
+    header = ["Model", "MACs", "MACs (V2 table)", "Latency s", "Latency s (V2 table)", "10K-FID",
+              "10K-FID (V2 table)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for paper in deep["rows"]:
+        model, tgate = paper["model"], paper["tgate"]
+        ours = [
+            columns.value("macs", model, tgate, "macs_tgate" if tgate else "macs_baseline", format_macs, "deepcache"),
+            columns.value("latency", model, tgate, "tgate_s" if tgate else "baseline_s", lambda s: f"{s:.3f}",
+                          "deepcache"),
+            columns.value("fid", model, tgate, "fid", lambda value: f"{value:.3f}", "deepcache"),
+        ]
+        theirs = [f"{paper['macs_T']:.3f}T", f"{paper['latency_s']:.3f}", f"{paper['fid']:.3f}"]
+        name = "DeepCache (" + title_of(model) + ")" + (" + TGATE" if tgate else "")
+        lines.append("| " + " | ".join([name, *(value for pair in zip(ours, theirs) for value in pair)]) + " |")
+    return "\n".join(lines)
+
+
 def v2_settings_text() -> str:
     settings = PAPER["v2"].get("table_settings", {})
     return "; ".join(
@@ -268,17 +310,27 @@ def render(macs, latency, fid) -> str:
 def render_v2(macs, latency, fid) -> str:
     """The block that goes between the V2 README markers: the official TGATE-V2 table with ours beside it."""
     notes = Notes()
-    table = render_v2_table(OurColumns(macs, latency, fid, notes))
+    columns = OurColumns(macs, latency, fid, notes)
+    table = render_v2_table(columns)
+    deepcache_table = render_deepcache_table(columns)
     intro = (
         "Ours beside the official TGATE-V2 README's table (TGATE-V2 also caches self-attention; its MACs rows are "
         f"at these settings: {v2_settings_text()}; the LCM settings are v1's). MACs of the denoiser over the "
         "whole sampling run (calflops); latency in seconds per image (V2 table: GTX 1080 Ti, diffusers 0.28.2; "
         f"ours: {latency_devices(latency)}); zero-shot 10K-FID on MS-COCO (the V2 table's on its released caption "
         "list, ours on eval/fid.py's sample). Baseline rows are the stock pipeline, as in the v1 table. TGATE "
-        "cells name their setting (gate, and sp/fi/wu where self-attention is cached); DeepCache's rows are left "
-        "out (not supported here yet). Rendered by `python eval/table.py`."
+        "cells name their setting (gate, and sp/fi/wu where self-attention is cached). Rendered by "
+        "`python eval/table.py`."
     )
-    return "\n".join([intro, "", table, "", *(f"{note}  " for note in notes.render())]).rstrip() + "\n"
+    deepcache_intro = (
+        "The V2 table's DeepCache rows (SDXL, 25 steps, 1024 px; the official SD_DeepCache/SDXL_DeepCache "
+        "combination, v1 self-attention): DeepCache alone, and DeepCache with TGATE. Cells name the gate and "
+        "DeepCache's interval (dc) and branch (br). The V2 table's MACs are reproduced at branch 1 and gate 13 "
+        "(dc 3/br 1: 57.888T and 43.866T), which no documented setting says; the official defaults (branch 0, "
+        "gate 10) give fewer MACs (55.365T and 38.626T)."
+    )
+    return "\n".join([intro, "", table, "", deepcache_intro, "", deepcache_table, "",
+                      *(f"{note}  " for note in notes.render())]).rstrip() + "\n"
 
 
 def between_markers(text: str, block: str, start_marker: str = START, end_marker: str = END,

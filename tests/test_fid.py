@@ -439,3 +439,50 @@ def test_other_models_still_require_coco(tmp_path, capsys):
     with pytest.raises(SystemExit):
         fid.main(["--model", "sd15", "--tiny", "--out", str(tmp_path / "o")])
     assert "--coco-root DIR is required" in capsys.readouterr().err
+
+
+def test_deepcache_settings_reach_the_pipeline_the_run_name_and_the_result(tmp_path, tiny_pipe, coco_root,
+                                                                           inception_cache, monkeypatch, capsys):
+    calls = []
+    recording = RecordingPipeline(tiny_pipe)
+    original = RecordingPipeline.__call__
+
+    def call(self, **kwargs):
+        calls.append((kwargs.get("deepcache_interval"), kwargs.get("deepcache_branch")))
+        return original(self, **kwargs)
+
+    monkeypatch.setattr(RecordingPipeline, "__call__", call)
+    monkeypatch.setattr(fid, "load_pipeline", lambda *args: recording)
+    monkeypatch.chdir(tmp_path)
+    argv = fid_argv(coco_root, "unused", tmp_path / "stats", "--deepcache-interval", "2", "--deepcache-branch", "1")
+    out = argv.index("--out")
+    assert fid.main([*argv[:out], *argv[out + 2:]]) == 0
+    assert calls == [(2, 1)] * 3
+    result = json.loads((tmp_path / "results" / "fid" / "sd15_gate2_dc2_br1_tiny" / "result.json").read_text())
+    assert (result["gate"], result["deepcache_interval"], result["deepcache_branch"]) == (2, 2, 1)
+    assert "TGATE gate 2, DeepCache interval 2, branch 1" in capsys.readouterr().out
+
+
+def test_deepcache_alone_is_the_baseline_flag_with_an_interval(tmp_path):
+    parser = fid.build_parser()
+    args = parser.parse_args(fid_argv(tmp_path, tmp_path / "o", tmp_path / "s", "--deepcache-interval", "3"))
+    args.gate, args.baseline, args.out = None, True, None
+    fid.check_arguments(parser, args, fid.get_model("sd15"))
+    assert args.gate is None and args.deepcache == {"deepcache_interval": 3, "deepcache_branch": 0}
+    assert args.out.name == "sd15_baseline_dc3_br0_tiny"
+    assert fid.describe(args) == "DeepCache interval 3, branch 0"
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--deepcache-branch", "1"], "--deepcache-branch needs --deepcache-interval"),
+        (["--deepcache-interval", "0"], "--deepcache-interval must be an int >= 1"),
+        (["--model", "pixart_alpha", "--deepcache-interval", "3"], "DeepCache caches a UNet's deep blocks"),
+    ],
+)
+def test_bad_deepcache_arguments_exit_with_a_short_message(tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit) as exit_info:
+        fid.main(fid_argv(tmp_path, tmp_path / "out", tmp_path / "s", *extra))
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

@@ -295,3 +295,40 @@ def test_v2_settings_reach_the_pipeline(monkeypatch, capsys, tmp_path, model, ar
     assert (call["sp_interval"], call["fi_interval"], call["warm_up"], call["gate_step"]) == (*intervals, 2)
     printed = capsys.readouterr().out
     assert (shown in printed) if shown else ("V2:" not in printed)
+
+
+def test_deepcache_flags_reach_the_pipeline_call(monkeypatch, tmp_path, capsys):
+    import common.cli as cli
+
+    calls = []
+
+    def recording(pipe, device, seed, **call):
+        calls.append((call.get("deepcache_interval"), call.get("deepcache_branch"), call["gate_step"]))
+        return timed_generation(pipe, device, seed, **call)
+
+    timed_generation = cli.timed_generation
+    monkeypatch.setattr(cli, "timed_generation", recording)
+    argv = ["--tiny", "--steps", "4", "--gate", "2", "--deepcache-interval", "2", "--deepcache-branch", "1",
+            "--out", str(tmp_path / "a.png")]
+    assert generate_main("sdxl", argv) == 0
+    assert calls == [(2, 1, 2)]
+    assert "DeepCache: interval 2, branch 1" in capsys.readouterr().out
+    calls.clear()
+    assert generate_main("sd15", ["--tiny", "--steps", "2", "--gate", "1", "--out", str(tmp_path / "b.png")]) == 0
+    assert calls == [(None, None, 1)]  # without the flags, nothing is passed: TGATE alone
+
+
+@pytest.mark.parametrize(
+    "model, argv, message",
+    [
+        ("pixart_alpha", ["--deepcache-interval", "3"], "DeepCache caches a UNet's deep blocks and PixArt"),
+        ("sd15", ["--deepcache-branch", "1"], "--deepcache-branch needs --deepcache-interval"),
+        ("sd15", ["--deepcache-interval", "0"], "--deepcache-interval must be an int >= 1"),
+        ("sd15", ["--deepcache-interval", "3", "--deepcache-branch", "-1"], "--deepcache-branch must be an int >= 0"),
+    ],
+)
+def test_bad_deepcache_flags_exit_with_a_short_message(capsys, model, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        generate_main(model, ["--tiny", *argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

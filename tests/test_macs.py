@@ -314,3 +314,78 @@ def test_toy_is_counted_at_its_own_latent_size():
     assert denoiser_inputs(unet, 2, toy.resolution, vae_factor=2)["sample"].shape[-1] == 8
     row = macs.macs_row(toy)
     assert row["macs_baseline"] == toy.steps * guided
+
+
+# --- DeepCache ----------------------------------------------------------------------------------------
+
+
+def test_deepcache_runs_sum_full_and_partial_forwards_counted_through_the_hooks():
+    denoiser = tiny_sdxl_unet().to("meta")
+    counter = macs.StepCounter(denoiser, RESOLUTION, True)
+    full = counter.stock_step()
+    for branch in (0, 1, 3):
+        alone = TgateSchedule(None, deepcache_interval=3, deepcache_branch=branch)
+        steps = counter.step_macs(alone, STEPS)
+        partial = {steps[i] for i in range(STEPS) if i % 3}
+        assert [steps[i] for i in range(0, STEPS, 3)] == [full] * 3 and len(partial) == 1, branch
+        assert partial.pop() < full  # a partial step reuses the deep blocks: it costs less than a full one
+    # with a gate: DeepCache reset at gate - 1 and gate, batch halved from the gate on
+    schedule = TgateSchedule(4, deepcache_interval=2, deepcache_branch=1)
+    steps = counter.step_macs(schedule, STEPS)
+    gated_full = counter.step_macs(TgateSchedule(4), STEPS)[4]
+    assert steps[0] == steps[2] == steps[3] == full and steps[4] == steps[6] == gated_full
+    assert steps[1] < full and steps[5] < gated_full
+    baseline, tgate = counter.run_macs(STEPS, schedule)
+    assert baseline == sum(counter.step_macs(TgateSchedule(None, deepcache_interval=2, deepcache_branch=1), STEPS))
+    assert tgate == sum(steps) < baseline
+    assert not has_hooks(denoiser)
+
+
+def test_a_partial_step_without_deep_features_to_reuse_is_refused():
+    counter = macs.StepCounter(tiny_sdxl_unet().to("meta"), RESOLUTION, True)
+    with macs.gated_sampling(counter.denoiser, TgateSchedule(None, deepcache_interval=2), True) as call, \
+            macs._projections(counter.denoiser) as ran:
+        call.follows_loop, call.step = True, 1  # a partial step with no full step before it
+        with pytest.raises(RuntimeError, match="deep blocks computed at a step planned to reuse"):
+            counter._count(TgateSchedule(None, deepcache_interval=2).plan(1), ran)
+
+
+def test_sdxl_deepcache_reproduces_the_papers_rows_at_branch_1_and_gate_13(tmp_path, capsys):
+    path = tmp_path / "macs.json"
+    assert macs.main(["--model", "sdxl", "--deepcache-interval", "3", "--deepcache-branch", "1",
+                      "--json", str(path)]) == 0
+    rows = json.loads(path.read_text())
+    assert [tuple(row) for row in rows] == [macs.DEEPCACHE_ROW_KEYS] * 2
+    assert [(row["gate"], row["deepcache_interval"], row["deepcache_branch"]) for row in rows] == [(10, 3, 1), (13, 3, 1)]
+    matching = rows[1]
+    assert abs(matching["macs_baseline"] / 57.888e12 - 1) < 1e-3  # DeepCache alone
+    assert abs(matching["macs_tgate"] / 43.868e12 - 1) < 1e-3  # DeepCache w/ TGATE
+    assert rows[0]["macs_baseline"] == matching["macs_baseline"] and rows[0]["macs_tgate"] < matching["macs_tgate"]
+    out = capsys.readouterr().out
+    assert "gate 13, the gate that gives the paper's DeepCache w/ TGATE (no documented setting says it)" in out
+    assert "official defaults are cache_branch_id 0 and gate 10" in out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--deepcache-branch", "1"], "--deepcache-branch needs --deepcache-interval"),
+        (["--deepcache-interval", "1"], "--deepcache-interval must be an int >= 2"),
+        (["--deepcache-interval", "3", "--deepcache-branch", "-1"], "--deepcache-branch must be an int >= 0"),
+        (["--model", "pixart_alpha", "--deepcache-interval", "3"], "pixart_alpha has no UNet"),
+    ],
+)
+def test_bad_deepcache_flags_exit_with_a_short_message(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        macs.main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_the_deepcache_rows_are_sdxls_at_the_matching_setting_and_the_official_defaults():
+    counted = macs.Counted(macs.get_model("lcm_sdxl"), None, None, 1024)  # not the paper's DeepCache model
+    assert macs.deepcache_paper_counts(counted.spec) is None
+    assert macs.deepcache_setting(macs.DEEPCACHE_PAPER["matching_settings"]) == (25, 13, (3, 1))
+    assert macs.deepcache_setting(macs.DEEPCACHE_PAPER["settings"]) == (25, 10, (3, 0))
+    assert macs.deepcache_paper_counts(macs.get_model("sdxl")) == {"macs_baseline": 57.888e12,
+                                                                  "macs_tgate": 43.868e12}

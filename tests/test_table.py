@@ -152,3 +152,36 @@ def test_script_prints_from_the_repository_root(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "| SD-1.5 + TGATE |" in result.stdout and "none.json not found" in result.stdout
     assert "| PixArt-Sigma + TGATE |" in result.stdout  # the V2 table too
+
+
+def test_deepcache_rows_go_in_their_own_table_beside_the_v2_readmes(results):
+    macs = json.loads((results / "macs.json").read_text())
+    deepcache = {"model": "sdxl", "steps": 25, "sp_interval": 1, "fi_interval": 1, "warm_up": 0,
+                 "params_baseline": 2_567_463_684, "params_tgate": 2_021_793_284}
+    macs += [  # eval/macs.py's DeepCache rows: macs_baseline is DeepCache alone
+        {**deepcache, "gate": 13, "macs_baseline": 57_888_459_980_800, "macs_tgate": 43_866_188_677_120,
+         "deepcache_interval": 3, "deepcache_branch": 1},
+        {**deepcache, "gate": 10, "macs_baseline": 55_365_140_480_000, "macs_tgate": 38_625_838_694_400,
+         "deepcache_interval": 3, "deepcache_branch": 0},
+    ]
+    (results / "macs.json").write_text(json.dumps(macs))
+    (results / "fid" / "sdxl_gate13_dc3_br1").mkdir(parents=True)
+    (results / "fid" / "sdxl_gate13_dc3_br1" / "result.json").write_text(json.dumps(
+        {"metric": "FID", "model": "sdxl", "gate": 13, "tgate": True, "steps": 25, "n": 10000, "resolution": 1024,
+         "fid": 24.0, "labels": [], "deepcache_interval": 3, "deepcache_branch": 1}))
+    assert main(argv(results)) == 0
+    text = (results / "README.md").read_text()
+    v1_table = text.split(START)[1].split(END)[0]
+    v2_block = text.split(V2_START)[1].split(V2_END)[0]
+    alone = table_row(v2_block, "DeepCache (SDXL)")
+    assert alone[1:3] == ["55.365T (dc 3/br 0)<br>57.888T (dc 3/br 1)", "57.888T"]
+    assert alone[3:7] == [alone[3], "19.931", alone[5], "25.678"] and alone[3].startswith("-")
+    both = table_row(v2_block, "DeepCache (SDXL) + TGATE")
+    assert both[1:3] == ["38.626T (gate 10, dc 3/br 0)<br>43.866T (gate 13, dc 3/br 1)", "43.868T"]
+    assert both[4] == "14.666" and both[5:7] == ["24.000 (gate 13, dc 3/br 1)", "24.511"]
+    assert "branch 1 and gate 13" in v2_block
+    # DeepCache measurements never stand in for the stock or TGATE cells of the other tables
+    assert table_row(v1_table, "SDXL")[1] == table_row(v2_block, "SDXL")[1] == "149.433T"
+    assert table_row(v1_table, "SDXL + TGATE")[1].startswith("-")
+    assert table_row(v2_block, "SDXL + TGATE")[1] == "95.989T (gate 10, sp 5/fi 1/wu 2)"
+    assert table_row(v1_table, "SDXL + TGATE")[7].startswith("-")
