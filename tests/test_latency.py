@@ -341,7 +341,7 @@ def test_v2_settings_reach_our_pipeline_the_official_one_the_record_and_the_macs
     assert record["variants"]["tgate_v1"]["call"] == {"gate_step": 4}
     v1 = latency.macs_prediction(built.pipe, record["resolution"], 5, 4, guided=True)
     assert record["macs_baseline"] == v1["macs_baseline"] and record["macs_tgate"] < v1["macs_tgate"]
-    assert "TGATE (gate 4, sp 2/fi 1/wu 0)" in latency.report(record)
+    assert "TGATE-V2 (gate 4, sp 2/fi 1/wu 0)" in latency.report(record)
     assert latency.parse_args(["--model", "sd15", "--tiny"]).intervals == [1, 1, 0]  # the registry's: v1
     assert latency.parse_args(["--model", "pixart_sigma", "--tiny"]).intervals == [3, 1, 2]  # the V2 README's
 
