@@ -1,11 +1,18 @@
-"""The GPU latency benchmark: SD-1.5 at 512 px and SDXL at 1024 px, float16, 25 steps, stock vs TGATE (gate 10).
+"""The GPU cost benchmark: SD-1.5 at 512 px and SDXL at 1024 px, float16, 25 steps, eager and torch.compile'd.
 
 Run ``bash eval/gpu_bench.sh`` (or ``python eval/gpu_bench.py``) from anywhere, on a machine with one CUDA GPU;
 ``--random-weights`` needs no download (the real architectures with random weights: latency does not depend on
-weight values). Each model goes through ``eval/latency.py`` (interleaved runs, median of ``--repeats``, the
-hooks' overhead with no step gated) and both records go into one JSON. Not yet run on a GPU: by the work
-counted (3 variants x 4 runs of each model), a few minutes on a recent data-centre GPU; on a much slower GPU,
-lower ``--repeats`` to stay under 8 minutes.
+weight values). Each model goes through ``eval/latency.py`` twice (eager, then with ``--compile``), each one
+interleaved run of: stock, TGATE v1 (gate 10), TGATE-V2 (gate 10, sp 5 / fi 1 / warm-up 2: the official V2
+README's SDXL setting, used for SD-1.5 too), DeepCache (interval 3, branch 0), DeepCache + TGATE v1 (gate 10)
+and the hooks with no step gated. Per variant: median seconds per image, the denoising loop's seconds and
+speedup beside the speedup MACs predict (eval/macs.py), peak allocated memory. One JSON (``--out``) and a
+markdown table beside it (same name, ``.md``) headed with the card's name.
+
+Not yet run on a GPU (none was lent to this project's sessions). The eager passes are ~40 runs of 25 steps per
+model; the compiled passes add one inductor compilation per kind of step of each variant (about a dozen graphs
+per UNet), which on SDXL may alone take minutes: if the whole does not fit 8 minutes, run ``--no-compile`` and
+the compiled pass separately (``--models sdxl --compile-only``), or lower ``--repeats``.
 """
 
 from __future__ import annotations
@@ -33,8 +40,23 @@ def build_parser() -> argparse.ArgumentParser:
                          help="no download: the real architectures from common/model_configs with random weights")
     weights.add_argument("--tiny", action="store_true",
                          help="tiny random components at their own small size: a smoke test of this script only")
+    parser.add_argument("--models", nargs="+", choices=[model for model, _ in BENCHMARKS],
+                        default=[model for model, _ in BENCHMARKS], help="models to run (default: sd15 sdxl)")
     parser.add_argument("--steps", type=int, default=25, metavar="N", help="sampling steps (default: 25)")
     parser.add_argument("--gate", type=int, default=10, metavar="N", help="gate step (default: 10, the paper's example scripts')")
+    parser.add_argument("--sp-interval", type=int, default=5, metavar="N", help="TGATE-V2 (default: 5)")
+    parser.add_argument("--fi-interval", type=int, default=1, metavar="N", help="TGATE-V2 (default: 1)")
+    parser.add_argument("--warm-up", type=int, default=2, metavar="N", help="TGATE-V2 (default: 2)")
+    parser.add_argument("--deepcache-interval", type=int, default=3, metavar="N", help="DeepCache (default: 3)")
+    parser.add_argument("--deepcache-branch", type=int, default=0, metavar="B", help="DeepCache (default: 0)")
+    passes = parser.add_mutually_exclusive_group()
+    passes.add_argument("--no-compile", action="store_true", help="eager only")
+    passes.add_argument("--compile-only", action="store_true", help="torch.compile'd only")
+    parser.add_argument("--compile-mode", default="default", help="torch.compile mode (default: default)")
+    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default: inductor)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", metavar="B",
+                        help="also each variant's peak memory at these images per prompt (default: batch 1 only, "
+                        "from the timed runs)")
     parser.add_argument("--repeats", type=int, default=3, metavar="K",
                         help="timed runs of each variant per model (default: 3)")
     parser.add_argument("--warmup", type=int, default=1, metavar="W",
@@ -63,34 +85,89 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     started = time.perf_counter()
     records = []
+    compiled_passes = [False] if args.no_compile else [True] if args.compile_only else [False, True]
     for model, resolution in BENCHMARKS:
-        argv = ["--model", model, "--steps", str(args.steps), "--gate", str(args.gate), "--repeats",
-                str(args.repeats), "--warmup", str(args.warmup), "--device", args.device, "--overhead"]
-        if args.tiny:
-            argv.append("--tiny")  # at the tiny model's own size: 1024 px would only time its VAE
-        else:
-            argv += ["--resolution", str(resolution)]
-        if args.random_weights:
-            argv.append("--random-weights")
-        record = latency.run_or_explain(latency.parse_args(argv))
-        if record is None:
-            return 2
-        print(latency.report(record), flush=True)
-        records.append(record)
-        gc.collect()  # free one model before the next is built
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        if model not in args.models:
+            continue
+        for compiled in compiled_passes:
+            argv = ["--model", model, "--steps", str(args.steps), "--gate", str(args.gate), "--repeats",
+                    str(args.repeats), "--warmup", str(max(args.warmup, 1) if compiled else args.warmup),
+                    "--device", args.device, "--overhead", "--sp-interval", str(args.sp_interval), "--fi-interval",
+                    str(args.fi_interval), "--warm-up", str(args.warm_up), "--deepcache-interval",
+                    str(args.deepcache_interval), "--deepcache-branch", str(args.deepcache_branch), "--no-official"]
+            if compiled:
+                argv += ["--compile", "--compile-mode", args.compile_mode, "--compile-backend", args.compile_backend]
+            if args.batch_sizes:
+                argv += ["--batch-sizes", *map(str, args.batch_sizes)]
+            if args.tiny:
+                argv.append("--tiny")  # at the tiny model's own size: 1024 px would only time its VAE
+            else:
+                argv += ["--resolution", str(resolution)]
+            if args.random_weights:
+                argv.append("--random-weights")
+            record = run_with_weights(latency, argv, fallback=not (args.random_weights or args.tiny))
+            if record is None:
+                return 2
+            print(latency.report(record), flush=True)
+            records.append(record)
+            if compiled:
+                torch._dynamo.reset()  # the next model compiles its own graphs
+            gc.collect()  # free one model before the next is built
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
 
     summary = {  # "rows": the layout eval/table.py reads
         "device": records[0]["device"],
-        "weights": records[0]["weights"],
-        "weights_note": records[0]["weights_note"],
+        "weights": sorted({record["weights"] for record in records}),
+        "weights_note": "; ".join(sorted({record["weights_note"] for record in records})),
         "wall_s": time.perf_counter() - started,
         "rows": records,
     }
     latency.write_json(args.out, summary)
-    print(f"{len(records)} models in {summary['wall_s']:.0f} s -> {args.out}")
+    table = markdown_table(summary)
+    args.out.with_suffix(".md").write_text(table)
+    print(table)
+    print(f"{len(records)} runs in {summary['wall_s']:.0f} s -> {args.out}, {args.out.with_suffix('.md')}")
     return 0
+
+
+def run_with_weights(latency, argv: list[str], fallback: bool) -> dict | None:
+    """latency.run on ``argv``; with ``fallback``, the model's checkpoint where it is cached, else random weights
+    on the real architecture (said in the record's weights note)."""
+    from common.models import CheckpointNotFoundError
+
+    if not fallback:
+        return latency.run_or_explain(latency.parse_args(argv))
+    try:
+        return latency.run(latency.parse_args(argv))
+    except CheckpointNotFoundError:
+        print("no cached checkpoint: random weights on the real architecture", file=sys.stderr)
+        return latency.run_or_explain(latency.parse_args([*argv, "--random-weights"]))
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return None
+
+
+def markdown_table(summary: dict) -> str:
+    """One row per model, pass and variant: s/image, loop speedup beside MACs', their ratio, peak memory."""
+    lines = [f"### TGATE cost on {summary['device']} ({summary['weights_note']})", "",
+             "| model | pass | variant | s/image | speedup | loop s | loop speedup | MACs speedup | loop / MACs "
+             "| peak MiB |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def number(value, digits=3):
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    for record in summary["rows"]:
+        compiled = record.get("compile")
+        mode = f"compiled ({compiled['backend']}, {compiled['mode']})" if compiled else "eager"
+        title = f"{record['title']} {record['resolution']} px, {record['steps']} steps, {record['dtype']}"
+        for entry in record["variants"].values():
+            peak = entry["peak_memory_bytes"]
+            lines.append(f"| {title} | {mode} | {entry['label']} | {number(entry['median_s'])} | "
+                         f"{number(entry['speedup'])} | {number(entry['loop_median_s'])} | "
+                         f"{number(entry['loop_speedup'])} | {number(entry['macs_speedup'])} | "
+                         f"{number(entry['loop_vs_macs'])} | {'-' if peak is None else f'{peak / 2**20:.0f}'} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

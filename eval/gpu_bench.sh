@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# TGATE latency on one CUDA GPU: SD-1.5 (512 px) and SDXL (1024 px), float16, 25 steps, stock vs TGATE
-# (gate 10), into one JSON. Offline without weights:
+# TGATE cost on one CUDA GPU: SD-1.5 (512 px) and SDXL (1024 px), float16, 25 steps, eager and torch.compile'd:
+# stock, TGATE v1 (gate 10), TGATE-V2 (gate 10, sp 5/fi 1/wu 2), DeepCache (3, branch 0), DeepCache + TGATE;
+# seconds per image, loop speedup beside MACs', peak memory; one JSON and a markdown table. Offline without weights:
 #
-#   bash eval/gpu_bench.sh --random-weights --out gpu_bench.json
+#   bash eval/gpu_bench.sh --out gpu_bench.json   (cached checkpoints, else random weights per model)
 #
 # Flags go to eval/gpu_bench.py (--help lists them). Exits at once, with a message, when no CUDA GPU is visible.
 set -euo pipefail

@@ -33,6 +33,7 @@ import inspect
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -50,7 +51,7 @@ from tqdm import tqdm  # noqa: E402
 from common.architectures import build_denoiser, latent_multiple  # noqa: E402
 from common.cli import DTYPES, check_gate_flag, device_name, resolve_device_and_dtype, synchronize  # noqa: E402
 from common.models import MODELS, CheckpointNotFoundError, ModelSpec, get_model  # noqa: E402
-from common.schedule import check_int  # noqa: E402
+from common.schedule import TgateSchedule, check_int  # noqa: E402
 from common.tiny import tiny_clip_tokenizer  # noqa: E402
 from eval.macs import V1_INTERVALS, StepCounter, format_intervals, schedule_of  # noqa: E402
 
@@ -296,13 +297,67 @@ def restored_module_state(denoiser: torch.nn.Module) -> Iterator[None]:
 @dataclass(frozen=True)
 class Timing:
     runs: tuple[float, ...]  # seconds of each timed run, in order
+    loop_runs: tuple[float, ...] = ()  # seconds of the denoising loop of each timed run (where it was seen)
+    peak_memory_bytes: int | None = None  # CUDA: the most memory allocated during any timed run
 
     @property
     def median(self) -> float:
         return statistics.median(self.runs)
 
+    @property
+    def loop_median(self) -> float | None:
+        return statistics.median(self.loop_runs) if self.loop_runs else None
+
     def summary(self) -> dict[str, Any]:
-        return {"median_s": self.median, "min_s": min(self.runs), "max_s": max(self.runs), "runs_s": list(self.runs)}
+        summary = {"median_s": self.median, "min_s": min(self.runs), "max_s": max(self.runs), "runs_s": list(self.runs)}
+        if self.loop_runs:
+            summary.update(loop_median_s=self.loop_median, loop_runs_s=list(self.loop_runs))
+        if self.peak_memory_bytes is not None:
+            summary["peak_memory_bytes"] = self.peak_memory_bytes
+        return summary
+
+
+class LoopClock:
+    """The denoising loop's seconds, apart from prompt encoding and VAE decoding.
+
+    Every pipeline here opens its progress bar right before the loop (``with self.progress_bar(total=steps)``)
+    and closes it right after the last step: the clock starts when the bar is opened and stops when it is
+    closed, with the device synchronised at both ends. It sits outside the denoiser, so a torch.compile'd
+    denoiser is timed the same way."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.start: float | None = None
+        self.end: float | None = None
+
+    def reset(self) -> None:
+        self.start = self.end = None
+
+    @property
+    def seconds(self) -> float | None:
+        return None if self.start is None or self.end is None else self.end - self.start
+
+    def instrument(self, pipe: Any) -> Any:
+        """Time ``pipe``'s loops on this clock (an instance attribute over its ``progress_bar`` method)."""
+        original = pipe.progress_bar
+
+        def progress_bar(*args, **kwargs):
+            synchronize(self.device)
+            self.start, self.end = time.perf_counter(), None
+            bar = original(*args, **kwargs)
+            close = getattr(bar, "close", None)
+            if close is not None:
+                def close_and_stop(*close_args, **close_kwargs):
+                    if self.end is None:
+                        synchronize(self.device)
+                        self.end = time.perf_counter()
+                    return close(*close_args, **close_kwargs)
+
+                bar.close = close_and_stop
+            return bar
+
+        pipe.progress_bar = progress_bar
+        return pipe
 
 
 def timed_run(run: Callable[[], Any], device: torch.device) -> float:
@@ -322,11 +377,16 @@ def timed_run(run: Callable[[], Any], device: torch.device) -> float:
 
 
 def time_interleaved(variants: dict[str, Callable[[], Any]], repeats: int, warmup: int, device: torch.device,
-                     progress: bool = True) -> dict[str, Timing]:
+                     progress: bool = True, clock: LoopClock | None = None) -> dict[str, Timing]:
     """Run every variant ``warmup`` times untimed, then ``repeats`` timed rounds; round ``r`` starts with
-    variant ``r mod n``: over the rounds each variant takes each place in the order in turn."""
+    variant ``r mod n``: over the rounds each variant takes each place in the order in turn. With a ``clock``
+    (on the pipelines the variants call), each run's denoising loop is timed too; on CUDA each variant's peak
+    allocated memory over its timed runs is kept (the peak is reset before every run)."""
     names = list(variants)
     seconds: dict[str, list[float]] = {name: [] for name in names}
+    loops: dict[str, list[float]] = {name: [] for name in names}
+    peaks: dict[str, int] = {}
+    cuda = device.type == "cuda"
     bar = tqdm(total=(warmup + repeats) * len(names), desc="timing", unit="run", file=sys.stderr,
                disable=not progress)
     with bar:
@@ -334,11 +394,20 @@ def time_interleaved(variants: dict[str, Callable[[], Any]], repeats: int, warmu
             shift = round_index % len(names)
             for name in names[shift:] + names[:shift]:
                 bar.set_postfix_str(("warm-up " if round_index < warmup else "") + name)
+                if clock is not None:
+                    clock.reset()
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats(device)
                 elapsed = timed_run(variants[name], device)
                 if round_index >= warmup:
                     seconds[name].append(elapsed)
+                    if clock is not None and clock.seconds is not None:
+                        loops[name].append(clock.seconds)
+                    if cuda:
+                        peaks[name] = max(peaks.get(name, 0), torch.cuda.max_memory_allocated(device))
                 bar.update()
-    return {name: Timing(tuple(runs)) for name, runs in seconds.items()}
+    return {name: Timing(tuple(runs), tuple(loops[name]) if len(loops[name]) == len(runs) else (), peaks.get(name))
+            for name, runs in seconds.items()}
 
 
 # --- Benchmark ---------------------------------------------------------------------------------------------
@@ -378,6 +447,188 @@ def seeded(call: Callable[..., Any], settings: dict[str, Any], seed: int, **extr
     return lambda: call(**settings, **extra, generator=torch.Generator("cpu").manual_seed(seed))
 
 
+@dataclass(frozen=True)
+class Variant:
+    """One timed variant: the TGATE pipeline's keyword arguments (None: the stock pipeline) and the schedule
+    eval/macs.py counts its MACs with."""
+
+    label: str
+    call: dict[str, Any] | None
+    schedule: TgateSchedule
+
+
+def variant_table(args: argparse.Namespace, steps: int, gate: int, intervals: tuple[int, int, int],
+                  deepcache_ok: bool = True) -> dict[str, Variant]:
+    """The variants of one run, in timing order: stock, TGATE at the given setting (v1, or V2 with
+    ``--sp-interval ...``), TGATE v1 at the same gate when that setting is V2, the hooks with no step gated
+    (``--overhead``), and with ``--deepcache-interval N > 1`` DeepCache alone and DeepCache + TGATE v1 (the
+    official ``SD_DeepCache.py`` combination: cross-attention gated, self-attention computed)."""
+    v1 = tuple(intervals[:2]) == (1, 1)
+    v2 = dict(zip(("sp_interval", "fi_interval", "warm_up"), intervals))
+    short = "" if v1 else ", sp {}/fi {}/wu {}".format(*intervals)
+    variants = {
+        "baseline": Variant("stock", None, TgateSchedule(None)),
+        "tgate": Variant(f"TGATE{'' if v1 else '-V2'} (gate {gate}{short})", dict(gate_step=gate, **v2),
+                         schedule_of(gate, intervals)),
+    }
+    if not v1:
+        variants["tgate_v1"] = Variant(f"TGATE v1 (gate {gate})", dict(gate_step=gate), schedule_of(gate))
+    if args.overhead and (gate < steps or not v1):  # V2 caches self-attention even where no step is gated
+        variants["no_gate"] = Variant(f"TGATE, gate {steps} (no step gated)", dict(gate_step=steps),
+                                      schedule_of(steps))
+    interval, branch = args.deepcache_interval, args.deepcache_branch
+    if interval is not None and interval > 1 and deepcache_ok:
+        deepcache = dict(deepcache_interval=interval, deepcache_branch=branch)
+        variants["deepcache"] = Variant(f"DeepCache (interval {interval}, branch {branch})", deepcache,
+                                        TgateSchedule(None, **deepcache))
+        variants["deepcache_tgate"] = Variant(f"DeepCache + TGATE (gate {gate})", dict(gate_step=gate, **deepcache),
+                                              TgateSchedule(gate, **deepcache))
+    return variants
+
+
+def variant_call(variant: Variant, pipe: Any, stock: Any, settings: dict[str, Any], seed: int,
+                 **extra) -> Callable[[], Any]:
+    if variant.call is None:
+        return seeded(stock, settings, seed, **extra)
+    return seeded(pipe, settings, seed, **variant.call, **extra)
+
+
+def variant_macs(pipe: Any, resolution: int, steps: int, guided: bool, variants: dict[str, Variant]) -> dict[str, int]:
+    """eval/macs.py's MACs of a whole run of each variant (its StepCounter on a weightless copy of the denoiser)."""
+    denoiser = pipe.denoiser
+    with torch.device("meta"):
+        architecture = type(denoiser).from_config(denoiser.config).eval()
+    counter = StepCounter(architecture, resolution, guided, pipe.vae_scale_factor)
+    return {name: sum(counter.step_macs(variant.schedule, steps)) for name, variant in variants.items()}
+
+
+# --- Peak memory --------------------------------------------------------------------------------------------
+
+
+def process_memory() -> dict[str, int]:
+    """This process's resident memory now (VmRSS) and at its peak (VmHWM), in bytes, from /proc/self/status."""
+    values = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                values[key] = int(value.split()[0]) * 1024
+    return values
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's VmHWM to its current resident set (Linux: ``5`` into /proc/self/clear_refs)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def memory_probe(args: argparse.Namespace) -> dict[str, Any]:
+    """In a fresh process: build the pipeline, run one variant once at one batch size, and report the resident
+    memory after building and the peak during the run (the child side of ``--batch-sizes`` on the CPU)."""
+    spec = get_model(args.model)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    built = benchmarked_pipeline(spec, args.weights, args.checkpoint, args.device_resolved, args.dtype_resolved)
+    pipe, steps, gate, resolution = built.pipe, *run_settings(args, spec, built.pipe)
+    stock = stock_pipeline(pipe)
+    for each in (pipe, stock):
+        each.set_progress_bar_config(disable=True)
+    settings = call_settings(stock, built.prompt_inputs, steps, resolution, spec.guidance_scale)
+    variant = variant_table(args, steps, gate, tuple(args.intervals))[args.memory_probe]
+    gc.collect()
+    before = process_memory()
+    was_reset = reset_peak_rss()
+    with torch.no_grad():
+        variant_call(variant, pipe, stock, settings, args.seed, num_images_per_prompt=args.memory_batch)()
+    after = process_memory()
+    return {"variant": args.memory_probe, "batch": args.memory_batch, "rss_after_build_bytes": before.get("VmRSS"),
+            "peak_rss_bytes": after.get("VmHWM"), "peak_reset_after_build": was_reset,
+            "peak_above_build_bytes": (after["VmHWM"] - before["VmRSS"]) if was_reset and after and before else None}
+
+
+MEMORY_PROBE_TAG = "MEMORY_PROBE "
+
+
+def child_argv(args: argparse.Namespace) -> list[str]:
+    """The command line of this run without the flags a memory probe must not repeat."""
+    argv: list[str] = []
+    skipping = False
+    for item in args.argv:
+        name = item.split("=", 1)[0]
+        if skipping and not item.startswith("--"):
+            continue  # a value of the flag dropped
+        skipping = False
+        if name in ("--json", "--batch-sizes", "--compile-mode", "--compile-backend"):
+            skipping = "=" not in item
+            continue
+        if name == "--compile":
+            continue
+        argv.append(item)
+    return argv
+
+
+def cpu_peak_memory(args: argparse.Namespace, names: Sequence[str], progress: bool) -> dict[str, dict[str, Any]]:
+    """Each variant at each of ``--batch-sizes``, each in a fresh Python process (eager): its peak resident
+    memory, and the peak above the resident memory once the pipeline is built."""
+    results: dict[str, dict[str, Any]] = {name: {} for name in names}
+    script = str(Path(__file__).resolve())
+    jobs = [(batch, name) for batch in args.batch_sizes for name in names]
+    for batch, name in tqdm(jobs, desc="memory", unit="process", file=sys.stderr, disable=not progress):
+        command = [sys.executable, script, *child_argv(args), "--memory-probe", name, "--memory-batch", str(batch)]
+        done = subprocess.run(command, capture_output=True, text=True)
+        lines = [line for line in done.stdout.splitlines() if line.startswith(MEMORY_PROBE_TAG)]
+        if done.returncode or not lines:
+            raise ValueError(f"the memory probe of {name} at batch {batch} failed: {done.stderr.strip()[-2000:]}")
+        results[name][str(batch)] = json.loads(lines[-1][len(MEMORY_PROBE_TAG):])
+    return results
+
+
+def cuda_peak_memory(args: argparse.Namespace, variants: dict[str, Callable[..., Any]],
+                     device: torch.device) -> dict[str, dict[str, Any]]:
+    """Each variant at each of ``--batch-sizes`` on CUDA: ``torch.cuda.max_memory_allocated`` over one run (the
+    peak reset before it), and the peak above what was allocated before the run (weights)."""
+    results: dict[str, dict[str, Any]] = {name: {} for name in variants}
+    for batch in args.batch_sizes:
+        for name, make in variants.items():
+            gc.collect()
+            torch.cuda.empty_cache()
+            synchronize(device)
+            before = torch.cuda.memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            make(num_images_per_prompt=batch)()
+            synchronize(device)
+            peak = torch.cuda.max_memory_allocated(device)
+            results[name][str(batch)] = {"variant": name, "batch": batch, "allocated_before_bytes": before,
+                                         "peak_allocated_bytes": peak, "peak_above_build_bytes": peak - before}
+    return results
+
+
+# --- The run ------------------------------------------------------------------------------------------------
+
+
+def run_settings(args: argparse.Namespace, spec: ModelSpec, pipe: Any) -> tuple[int, int, int]:
+    steps = spec.steps if args.steps is None else args.steps
+    gate = spec.gate_step if args.gate is None else args.gate
+    resolution = args.resolution or pipe.native_resolution
+    multiple = latent_multiple(pipe.denoiser)
+    if resolution % multiple:
+        raise ValueError(f"--resolution must be a multiple of {multiple} pixels for {spec.title}, got {resolution}")
+    return steps, gate, resolution
+
+
+def compile_denoiser(args: argparse.Namespace, spec: ModelSpec, pipes: Sequence[Any]) -> Any:
+    """torch.compile the denoiser once and give the compiled module to every pipeline (stock and TGATE alike)."""
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)  # a graph per step kind
+    denoiser = getattr(pipes[0], spec.denoiser)
+    compiled = torch.compile(denoiser, mode=args.compile_mode, backend=args.compile_backend)
+    for pipe in pipes:
+        setattr(pipe, spec.denoiser, compiled)
+    return compiled
+
+
 def run(args: argparse.Namespace, progress: bool = True) -> dict[str, Any]:
     """Build the pipeline, time the variants and return the JSON record (see ``JSON_KEYS``)."""
     spec = get_model(args.model)
@@ -385,31 +636,41 @@ def run(args: argparse.Namespace, progress: bool = True) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     built = benchmarked_pipeline(spec, args.weights, args.checkpoint, args.device_resolved, args.dtype_resolved)
     pipe = built.pipe
-    steps = spec.steps if args.steps is None else args.steps
-    gate = spec.gate_step if args.gate is None else args.gate
+    steps, gate, resolution = run_settings(args, spec, pipe)
     intervals = tuple(args.intervals)
     v1 = intervals[:2] == (1, 1)
-    resolution = args.resolution or pipe.native_resolution
-    multiple = latent_multiple(pipe.denoiser)
-    if resolution % multiple:
-        raise ValueError(f"--resolution must be a multiple of {multiple} pixels for {spec.title}, got {resolution}")
     guided = pipe.uses_guidance(spec.guidance_scale)
     stock = stock_pipeline(pipe)
     for each in (pipe, stock):
         each.set_progress_bar_config(disable=True)
+    if args.deepcache_interval is not None and args.deepcache_interval > 1 and not hasattr(pipe, "unet"):
+        raise ValueError(f"--deepcache-interval: DeepCache caches a UNet's deep blocks; {spec.title} has none")
 
     settings = call_settings(stock, built.prompt_inputs, steps, resolution, spec.guidance_scale)
     v2 = dict(zip(("sp_interval", "fi_interval", "warm_up"), intervals))
-    variants = {"baseline": seeded(stock, settings, args.seed),
-                "tgate": seeded(pipe, settings, args.seed, gate_step=gate, **v2)}
-    if args.overhead and (gate < steps or not v1):  # V2 caches self-attention even where no step is gated
-        variants["no_gate"] = seeded(pipe, settings, args.seed, gate_step=steps)
-    official = official_variant(pipe, settings, args.seed, gate, guided, intervals) if args.official else None
+    table = variant_table(args, steps, gate, intervals)
+    macs = variant_macs(pipe, resolution, steps, guided, table)  # before compiling: from the eager architecture
+    memory: dict[str, dict[str, Any]] | None = None
+    if args.batch_sizes and args.device_resolved.type == "cpu":  # fresh processes, before this one grows
+        memory = cpu_peak_memory(args, list(table), progress)
+    if args.compile:
+        compile_denoiser(args, spec, [pipe, stock])
+    clock = LoopClock(args.device_resolved)
+    for each in (pipe, stock):
+        clock.instrument(each)
+    variants = {name: variant_call(variant, pipe, stock, settings, args.seed) for name, variant in table.items()}
+    official = None
+    if args.official and not args.compile:
+        official = official_variant(pipe, settings, args.seed, gate, guided, intervals)
     if official is not None:
         variants["official"] = official
 
     load_before = load_average()
-    timings = time_interleaved(variants, args.repeats, args.warmup, args.device_resolved, progress)
+    timings = time_interleaved(variants, args.repeats, args.warmup, args.device_resolved, progress, clock)
+    if args.batch_sizes and args.device_resolved.type == "cuda":
+        memory = cuda_peak_memory(args, {name: (lambda variant=variant, **extra: variant_call(
+            variant, pipe, stock, settings, args.seed, **extra)) for name, variant in table.items()},
+            args.device_resolved)
     record: dict[str, Any] = {
         "model": spec.key,
         "title": spec.title,
@@ -436,7 +697,15 @@ def run(args: argparse.Namespace, progress: bool = True) -> dict[str, Any]:
         "repeats": args.repeats,
         "warmup": args.warmup,
         "timings": {name: timing.summary() for name, timing in timings.items()},
-        **macs_prediction(pipe, resolution, steps, gate, guided, intervals),
+        "macs_baseline": macs["baseline"],
+        "macs_tgate": macs["tgate"],
+        "macs_speedup": macs["baseline"] / macs["tgate"],
+        "compile": {"mode": args.compile_mode, "backend": args.compile_backend} if args.compile else None,
+        "deepcache_interval": args.deepcache_interval,
+        "deepcache_branch": args.deepcache_branch,
+        "variants": variant_records(table, timings, macs),
+        "batch_sizes": args.batch_sizes,
+        "peak_memory": memory,
         "load_average_before": load_before,
         "load_average_after": load_average(),
         "versions": {name: importlib.import_module(name).__version__ for name in ("torch", "diffusers")},
@@ -448,8 +717,27 @@ def run(args: argparse.Namespace, progress: bool = True) -> dict[str, Any]:
     if "official" in timings:
         record["official_tgate_s"] = timings["official"].median
         record["official_speedup"] = timings["baseline"].median / timings["official"].median
-    record["official_tgate"] = "timed" if official else "not requested" if not args.official else "not installed"
+    record["official_tgate"] = ("timed" if official else "not requested" if not args.official
+                                else "not timed with --compile" if args.compile else "not installed")
     return record
+
+
+def variant_records(table: dict[str, Variant], timings: dict[str, Timing], macs: dict[str, int]) -> dict[str, Any]:
+    """Per variant: seconds per image, the loop's seconds, their speedups over stock and the speedup MACs
+    predict for the loop (the denoiser's work only), with measured / predicted."""
+    stock = timings["baseline"]
+    records = {}
+    for name, variant in table.items():
+        timing = timings[name]
+        entry = {"label": variant.label, "call": variant.call, "median_s": timing.median,
+                 "speedup": stock.median / timing.median, "loop_median_s": timing.loop_median,
+                 "loop_speedup": None, "macs": macs[name], "macs_speedup": macs["baseline"] / macs[name],
+                 "loop_vs_macs": None, "peak_memory_bytes": timing.peak_memory_bytes}
+        if timing.loop_median and stock.loop_median:
+            entry["loop_speedup"] = stock.loop_median / timing.loop_median
+            entry["loop_vs_macs"] = entry["loop_speedup"] / entry["macs_speedup"]
+        records[name] = entry
+    return records
 
 
 # --- Command line ------------------------------------------------------------------------------------------
@@ -499,6 +787,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overhead", action="store_true",
                         help="also time the TGATE pipeline with its gate at the last step (hooks on, nothing "
                         "gated) and report its overhead over stock in percent")
+    parser.add_argument("--deepcache-interval", type=int, metavar="N",
+                        help="also time DeepCache (UNet models): the UNet runs in full every N steps, else only its "
+                        "shallow branch; and DeepCache + TGATE v1 at the same gate (N > 1; default: not timed)")
+    parser.add_argument("--deepcache-branch", type=int, default=0, metavar="B",
+                        help="DeepCache's shallow branch (cache_branch_id, default 0)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", metavar="B",
+                        help="also measure each variant's peak memory at these images per prompt (e.g. 1 4 8): on "
+                        "CUDA torch.cuda.max_memory_allocated of one run, on the CPU the peak resident memory "
+                        "(VmHWM) of a fresh process per variant and size, eager (default: not measured)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the denoiser, stock and TGATE alike (one compiled module shared); "
+                        "warm-up runs (>= 1) compile every variant's graphs and are not timed")
+    parser.add_argument("--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune"],
+                        help="torch.compile mode (default: default; reduce-overhead uses CUDA graphs, CUDA only)")
+    parser.add_argument("--compile-backend", default="inductor",
+                        help="torch.compile backend (default: inductor; eager for quick checks of the code path)")
+    parser.add_argument("--memory-probe", metavar="VARIANT", help=argparse.SUPPRESS)
+    parser.add_argument("--memory-batch", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--no-official", dest="official", action="store_false",
                         help="do not time the official tgate package even when it is installed")
     parser.add_argument("--json", type=Path, metavar="PATH",
@@ -510,6 +816,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         spec = get_model(args.model)
         if args.steps is not None and args.steps < 1:
@@ -524,6 +831,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
         if args.warmup < 0:
             raise ValueError(f"--warmup must be >= 0, got {args.warmup}")
+        if args.deepcache_interval is not None:
+            check_int("--deepcache-interval", args.deepcache_interval, 1)
+        check_int("--deepcache-branch", args.deepcache_branch, 0)
+        for batch in args.batch_sizes or ():
+            check_int("--batch-sizes", batch, 1)
+        if args.compile and args.warmup < 1:
+            raise ValueError("--compile needs --warmup >= 1: the warm-up runs compile each variant's graphs")
+        if args.compile_mode == "reduce-overhead" and args.device == "cpu":
+            raise ValueError("--compile-mode reduce-overhead uses CUDA graphs: CUDA only")
         if args.threads is not None and args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         if args.resolution is not None and (args.resolution < 8 or args.resolution % 8):
@@ -544,6 +860,7 @@ def report(record: dict[str, Any]) -> str:
     short = "" if v1 else ", sp {}/fi {}/wu {}".format(*intervals)
     labels = {"baseline": "stock", "tgate": f"TGATE (gate {record['gate']}{short})",
               "no_gate": f"TGATE, gate {record['steps']} (no step gated)", "official": "official tgate package"}
+    labels.update({name: entry["label"] for name, entry in (record.get("variants") or {}).items()})
     device = record["device"] + (f", torch threads: {record['torch_threads']}" if record["torch_threads"] else "")
     lines = [
         f"{record['title']} | {record['weights_note']}",
@@ -551,11 +868,12 @@ def report(record: dict[str, Any]) -> str:
         f"gate {record['gate']}{v2}, guidance {record['guidance_scale']}, seed {record['seed']}",
         *(f"  note: {note}" for note in record["setup_notes"]),
         f"{record['repeats']} timed runs of each after {record['warmup']} warm-up, interleaved; seconds per image:",
-        f"  {'':<34}{'median':>9}{'min':>9}{'max':>9}",
-        *(f"  {labels[name]:<34}{t['median_s']:>9.3f}{t['min_s']:>9.3f}{t['max_s']:>9.3f}" for name, t in timings.items()),
+        f"  {'':<38}{'median':>9}{'min':>9}{'max':>9}",
+        *(f"  {labels[name]:<38}{t['median_s']:>9.3f}{t['min_s']:>9.3f}{t['max_s']:>9.3f}" for name, t in timings.items()),
         f"speedup {record['speedup']:.3f}x; MACs predict {record['macs_speedup']:.3f}x for the denoiser alone "
         "(text encoding and VAE decode are not gated)",
     ]
+    lines += variant_report(record)
     if record["overhead_pct"] is not None:
         lines.append(f"overhead of the TGATE pipeline with no step gated, over stock: {record['overhead_pct']:+.2f}%")
     if "official_speedup" in record:
@@ -567,6 +885,48 @@ def report(record: dict[str, Any]) -> str:
     if record["weights"] != "checkpoint":
         lines.append(record["weights_note"])
     return "\n".join(lines)
+
+
+def mib(value: int | None) -> str:
+    return "-" if value is None else f"{value / 2**20:.0f}"
+
+
+def variant_report(record: dict[str, Any]) -> list[str]:
+    """The per-variant table: seconds per image, the loop alone, its speedup beside MACs', peak memory."""
+    variants = record.get("variants") or {}
+    if not variants:
+        return []
+    compiled = record.get("compile")
+    lines = ["per variant" + (f" (torch.compile, {compiled['backend']}, mode {compiled['mode']})" if compiled else
+                              " (eager)") + ": s/image, loop = the denoising loop alone (no text encoding, no VAE "
+             "decode), its speedup over stock, the MACs-predicted speedup, measured/predicted"
+             + (", peak MiB allocated (CUDA, batch 1)" if record["torch_device"].startswith("cuda") else ""),
+             f"  {'':<38}{'s/img':>8}{'loop s':>9}{'loop x':>8}{'MACs x':>8}{'ratio':>7}"
+             + ("  peak MiB" if record["torch_device"].startswith("cuda") else "")]
+    for entry in variants.values():
+        loop = "-" if entry["loop_median_s"] is None else f"{entry['loop_median_s']:.3f}"
+        speed = "-" if entry["loop_speedup"] is None else f"{entry['loop_speedup']:.3f}"
+        ratio = "-" if entry["loop_vs_macs"] is None else f"{entry['loop_vs_macs']:.3f}"
+        peak = f"{mib(entry['peak_memory_bytes']):>10}" if record["torch_device"].startswith("cuda") else ""
+        lines.append(f"  {entry['label']:<38}{entry['median_s']:>8.3f}{loop:>9}{speed:>8}"
+                     f"{entry['macs_speedup']:>8.3f}{ratio:>7}{peak}")
+    memory = record.get("peak_memory")
+    if memory:
+        cpu = record["torch_device"] == "cpu"
+        kind = ("peak resident memory of a fresh process per variant (VmHWM), MiB; in brackets the peak above the "
+                "resident memory once the pipeline was built" if cpu else
+                "peak allocated memory (torch.cuda.max_memory_allocated), MiB; in brackets above the weights")
+        lines.append(f"peak memory by images per prompt: {kind}")
+        batches = [str(batch) for batch in record["batch_sizes"]]
+        lines.append(f"  {'':<38}" + "".join(f"{'batch ' + b:>18}" for b in batches))
+        for name, per_batch in memory.items():
+            cells = []
+            for b in batches:
+                probe = per_batch[b]
+                peak = probe.get("peak_rss_bytes", probe.get("peak_allocated_bytes"))
+                cells.append(f"{mib(peak) + ' (' + mib(probe['peak_above_build_bytes']) + ')':>18}")
+            lines.append(f"  {variants[name]['label']:<38}" + "".join(cells))
+    return lines
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -588,6 +948,9 @@ def run_or_explain(args: argparse.Namespace) -> dict[str, Any] | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.memory_probe:  # the child process of --batch-sizes on the CPU
+        print(MEMORY_PROBE_TAG + json.dumps(memory_probe(args)), flush=True)
+        return 0
     record = run_or_explain(args)
     if record is None:
         return 2

@@ -80,6 +80,91 @@ def test_a_gate_at_the_last_step_reports_the_overhead_of_the_hooks(tmp_path):
     assert record["official_tgate"] == "not requested"
 
 
+def test_every_variant_is_timed_with_its_loop_beside_the_macs_prediction(tmp_path, capsys):
+    out = tmp_path / "variants.json"
+    argv = ["--model", "sd15", "--tiny", *QUICK, "--sp-interval", "2", "--fi-interval", "2", "--warm-up", "1",
+            "--deepcache-interval", "2", "--deepcache-branch", "1", "--no-official", "--json", str(out)]
+    assert latency.main(argv) == 0
+    record = read_record(out)
+    variants = record["variants"]
+    assert list(variants) == ["baseline", "tgate", "tgate_v1", "deepcache", "deepcache_tgate"]
+    assert variants["deepcache_tgate"]["call"] == {"gate_step": 2, "deepcache_interval": 2, "deepcache_branch": 1}
+    assert variants["tgate"]["call"] == {"gate_step": 2, "sp_interval": 2, "fi_interval": 2, "warm_up": 1}
+    for name, entry in variants.items():
+        timing = record["timings"][name]
+        # the loop alone: shorter than the whole run, every timed run measured
+        assert all(0 < loop < whole for loop, whole in zip(timing["loop_runs_s"], timing["runs_s"]))
+        assert entry["loop_speedup"] == pytest.approx(variants["baseline"]["loop_median_s"] / entry["loop_median_s"])
+        assert entry["loop_vs_macs"] == pytest.approx(entry["loop_speedup"] / entry["macs_speedup"])
+        assert entry["peak_memory_bytes"] is None  # CPU: only with --batch-sizes, in fresh processes
+    # MACs: each variant's own schedule; DeepCache skips deep blocks, TGATE cross-attention and a branch
+    macs = {name: entry["macs"] for name, entry in variants.items()}
+    assert macs["baseline"] == record["macs_baseline"] and macs["tgate"] == record["macs_tgate"]
+    assert macs["baseline"] > macs["tgate_v1"] > macs["tgate"] and macs["baseline"] > macs["deepcache"]
+    assert macs["deepcache"] > macs["deepcache_tgate"]
+    assert "DeepCache + TGATE (gate 2)" in capsys.readouterr().out
+
+
+def test_the_loop_clock_times_the_denoiser_steps_and_nothing_else(monkeypatch):
+    built = latency.benchmarked_pipeline(MODELS["sd15"], "tiny", None, torch.device("cpu"), torch.float32)
+    pipe = built.pipe
+    pipe.set_progress_bar_config(disable=True)
+    clock = latency.LoopClock(torch.device("cpu"))
+    clock.instrument(pipe)
+    stamps = []
+    unet_forward = pipe.unet.forward
+    monkeypatch.setattr(pipe.unet, "forward", lambda *a, **k: (stamps.append(latency.time.perf_counter()),
+                                                               unet_forward(*a, **k))[1])
+    encode, decode = pipe.encode_prompt, pipe.vae.decode
+    outside = []
+    monkeypatch.setattr(pipe, "encode_prompt", lambda *a, **k: (outside.append(latency.time.perf_counter()),
+                                                                encode(*a, **k))[1])
+    monkeypatch.setattr(pipe.vae, "decode", lambda *a, **k: (outside.append(latency.time.perf_counter()),
+                                                             decode(*a, **k))[1])
+    pipe("a cat", num_inference_steps=3, height=32, width=32, gate_step=2)
+    assert len(stamps) == 3 and clock.start <= stamps[0] and stamps[-1] <= clock.end
+    assert outside[0] < clock.start and outside[1] > clock.end  # prompt encoding before, VAE decode after
+
+
+def test_compile_times_compiled_stock_and_tgate_after_untimed_warm_up(tmp_path):
+    torch._dynamo.reset()
+    out = tmp_path / "compiled.json"
+    argv = ["--model", "sd15", "--tiny", "--steps", "4", "--gate", "2", "--repeats", "1", "--warmup", "1",
+            "--compile", "--compile-backend", "eager", "--json", str(out)]
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    assert latency.main(argv) == 0
+    record = read_record(out)
+    assert record["compile"] == {"mode": "default", "backend": "eager"}
+    assert counters["stats"]["unique_graphs"] >= 2  # stock's and TGATE's steps compiled
+    assert record["official_tgate"] == "not timed with --compile"
+    assert all(len(t["runs_s"]) == 1 for t in record["timings"].values())
+    torch._dynamo.reset()
+    with pytest.raises(SystemExit):
+        latency.parse_args(["--tiny", "--compile", "--warmup", "0"])
+
+
+def test_cpu_peak_memory_comes_from_a_fresh_process_per_variant_and_batch(tmp_path, capsys):
+    out = tmp_path / "memory.json"
+    argv = ["--model", "sd15", "--tiny", "--steps", "2", "--gate", "1", "--repeats", "1", "--warmup", "0",
+            "--threads", "1", "--no-official", "--batch-sizes", "1", "--json", str(out)]
+    assert latency.main(argv) == 0
+    record = read_record(out)
+    assert record["batch_sizes"] == [1] and set(record["peak_memory"]) == {"baseline", "tgate"}
+    for name, per_batch in record["peak_memory"].items():
+        probe = per_batch["1"]
+        assert probe["variant"] == name and probe["batch"] == 1
+        assert probe["peak_rss_bytes"] >= probe["rss_after_build_bytes"] > 0
+    assert "peak memory by images per prompt" in capsys.readouterr().out
+
+
+def test_a_memory_probe_runs_without_the_parent_only_flags():
+    args = latency.parse_args(["--tiny", "--gate", "2", "--batch-sizes", "1", "4", "--compile", "--json", "x.json",
+                               "--compile-backend", "eager", "--overhead"])
+    assert latency.child_argv(args) == ["--tiny", "--gate", "2", "--overhead"]
+
+
 def test_time_interleaved_rotates_the_order_of_the_variants():
     order = []
     variants = {name: (lambda name=name: order.append(name)) for name in "abc"}
@@ -250,11 +335,13 @@ def test_v2_settings_reach_our_pipeline_the_official_one_the_record_and_the_macs
             handle.remove()
     assert seen == {"gate_step": 4, "sp_interval": 2, "fi_interval": 1, "warm_up": 0}
     assert (record["sp_interval"], record["fi_interval"], record["warm_up"]) == (2, 1, 0)
-    # stock 5 steps + TGATE-V2 (steps 1 reuses: 4 of 5 steps compute self-attention); the fake official runs stock
-    assert len(ran) == len(attn1) * (5 + 4 + 5)
+    # stock 5 steps + TGATE-V2 (steps 1 reuses: 4 of 5 steps compute self-attention) + TGATE v1 at the same gate
+    # (5); the fake official runs stock
+    assert len(ran) == len(attn1) * (5 + 4 + 5 + 5)
+    assert record["variants"]["tgate_v1"]["call"] == {"gate_step": 4}
     v1 = latency.macs_prediction(built.pipe, record["resolution"], 5, 4, guided=True)
     assert record["macs_baseline"] == v1["macs_baseline"] and record["macs_tgate"] < v1["macs_tgate"]
-    assert "TGATE (gate 4, sp 2/fi 1/wu 0)" in latency.report(record)
+    assert "TGATE-V2 (gate 4, sp 2/fi 1/wu 0)" in latency.report(record)
     assert latency.parse_args(["--model", "sd15", "--tiny"]).intervals == [1, 1, 0]  # the registry's: v1
     assert latency.parse_args(["--model", "pixart_sigma", "--tiny"]).intervals == [3, 1, 2]  # the V2 README's
 
@@ -269,16 +356,25 @@ def test_a_failure_of_the_official_package_is_a_short_message(monkeypatch, capsy
 # --- The GPU benchmark --------------------------------------------------------------------------------------
 
 
-def test_gpu_bench_writes_one_json_with_both_models(tmp_path):
+def test_gpu_bench_writes_one_json_and_a_table_with_both_models_eager_and_compiled(tmp_path):
+    torch._dynamo.reset()
     out = tmp_path / "gpu.json"
-    argv = ["--tiny", "--device", "cpu", "--steps", "2", "--gate", "1", "--repeats", "1", "--warmup", "0",
-            "--out", str(out)]
+    argv = ["--tiny", "--device", "cpu", "--steps", "4", "--gate", "2", "--sp-interval", "2", "--fi-interval", "1",
+            "--warm-up", "0", "--deepcache-interval", "2", "--repeats", "1", "--warmup", "0",
+            "--compile-backend", "eager", "--out", str(out)]
     assert gpu_bench.main(argv) == 0
     summary = read_record(out)
-    assert [run["model"] for run in summary["rows"]] == ["sd15", "sdxl"]
+    assert [(run["model"], bool(run["compile"])) for run in summary["rows"]] == [
+        ("sd15", False), ("sd15", True), ("sdxl", False), ("sdxl", True)]
+    variants = ["baseline", "tgate", "tgate_v1", "no_gate", "deepcache", "deepcache_tgate"]
     for run in summary["rows"]:
-        assert set(latency.JSON_KEYS) <= set(run) and run["speedup"] > 0 and "no_gate" in run["timings"]
-    assert summary["weights"] == "tiny" and "TINY" in summary["weights_note"]
+        assert set(latency.JSON_KEYS) <= set(run) and run["speedup"] > 0 and list(run["variants"]) == variants
+        assert all(entry["loop_median_s"] > 0 and entry["loop_vs_macs"] > 0 for entry in run["variants"].values())
+        assert run["warmup"] == (1 if run["compile"] else 0)  # compiled runs are warmed up, untimed
+    assert summary["weights"] == ["tiny"] and "TINY" in summary["weights_note"]
+    table = out.with_suffix(".md").read_text()
+    assert summary["device"] in table and table.count("DeepCache + TGATE") == 4 and "compiled (eager" in table
+    torch._dynamo.reset()
 
 
 def test_gpu_bench_without_cuda_fails_at_once_with_a_message(monkeypatch, capsys):
