@@ -8,7 +8,7 @@ forward replacements and the guidance batch cut after the gate. Both the latents
 each evaluation must match: a partial forward that computed a skipped layer for nothing would be caught.
 """
 
-import threading
+import functools
 
 import pytest
 import torch
@@ -22,7 +22,7 @@ from common.tiny import tiny_lcm_sdxl_components, tiny_pixart_components, tiny_s
 from PixArt_alpha.pipeline import TgatePixArtAlphaPipeline
 from SD_1_5.pipeline import TgateStableDiffusionPipeline
 from SDXL.pipeline import TgateStableDiffusionXLPipeline
-from tests.tgate_checks import pipeline_is_stock, quiet
+from tests.tgate_checks import assert_concurrent_runs_equal_sequential, pipeline_is_stock, quiet
 
 PROMPTS = ["a coral reef", "a red bus"]
 SIZE = 32  # the tiny UNets' image side: 16x16 latents, VAE factor 2
@@ -397,30 +397,12 @@ def test_concurrent_calls_with_and_without_deepcache_on_one_unet_equal_sequentia
     positive, negative = base.encode_prompt(PROMPTS[0], "cpu", 1, True)
     embeds = dict(prompt_embeds=positive, negative_prompt_embeds=negative)
     requests = [(tgate, {**call, **embeds}) for tgate, call in REQUESTS]
-    sequential = [run(pipeline_for(tgate), **call) for tgate, call in requests]
-    for _ in range(2):  # rounds: interleavings differ from run to run
-        results, errors = [None] * len(requests), []
-        barrier = threading.Barrier(len(requests))
-
-        def request(index, tgate, call):
-            try:
-                pipe = pipeline_for(tgate)
-                barrier.wait()
-                results[index] = run(pipe, **call)
-            except Exception as error:  # noqa: BLE001 - reported below
-                errors.append(error)
-
-        threads = [threading.Thread(target=request, args=(i, *r)) for i, r in enumerate(requests)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert not errors, errors
-        for index, (expected, got) in enumerate(zip(sequential, results)):
-            assert torch.equal(expected, got), f"request {index} differs from its sequential run"
+    jobs = [functools.partial(lambda tgate, call: run(pipeline_for(tgate), **call), *r) for r in requests]
+    assert_concurrent_runs_equal_sequential(jobs)
     assert unet_is_stock(base.unet)
 
 
+@pytest.mark.slow  # exhaustive variant: `python -m pytest -m slow`
 def test_compiled_unet_needs_a_few_graphs_whatever_the_steps_gate_and_interval():
     torch._dynamo.reset()
     components = tiny_sd_components(seed=0)

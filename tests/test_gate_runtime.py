@@ -1,7 +1,7 @@
 """The gate where diffusers users take it: threads sharing a denoiser, torch.compile, signature-reading tools."""
 
 import inspect
-import threading
+import functools
 
 import pytest
 import torch
@@ -24,7 +24,7 @@ from SD_1_5.pipeline import (
     TgateStableDiffusionPipeline,
 )
 from SDXL.pipeline import TgateStableDiffusionXLImg2ImgPipeline, TgateStableDiffusionXLPipeline
-from tests.tgate_checks import pipeline_is_stock, quiet
+from tests.tgate_checks import assert_concurrent_runs_equal_sequential, pipeline_is_stock, quiet
 
 TGATE_PARAMETERS = ["gate_step", "sp_interval", "fi_interval", "warm_up", "deepcache_interval", "deepcache_branch"]
 
@@ -60,27 +60,8 @@ def test_concurrent_stock_and_tgate_calls_on_one_denoiser_equal_sequential_runs(
     positive, negative = base.encode_prompt("a coral reef", "cpu", 1, True)
     embeds = dict(prompt_embeds=positive, negative_prompt_embeds=negative)
     requests = [(tgate, {**call, **embeds}) for tgate, call in REQUESTS]
-    sequential = [run(pipeline_for(tgate), **call) for tgate, call in requests]
-    for _ in range(3):  # rounds: interleavings differ from run to run
-        results, errors = [None] * len(REQUESTS), []
-        barrier = threading.Barrier(len(REQUESTS))
-
-        def request(index, tgate, call):
-            try:
-                pipe = pipeline_for(tgate)
-                barrier.wait()
-                results[index] = run(pipe, **call)
-            except Exception as error:  # noqa: BLE001 - reported below
-                errors.append(error)
-
-        threads = [threading.Thread(target=request, args=(i, *r)) for i, r in enumerate(requests)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert not errors, errors
-        for index, (expected, got) in enumerate(zip(sequential, results)):
-            assert torch.equal(expected, got), f"request {index} differs from its sequential run"
+    jobs = [functools.partial(lambda tgate, call: run(pipeline_for(tgate), **call), *r) for r in requests]
+    assert_concurrent_runs_equal_sequential(jobs, rounds=3)
     assert pipeline_is_stock(pipeline_for(True))
 
 

@@ -350,6 +350,7 @@ def test_a_partial_step_without_deep_features_to_reuse_is_refused():
             counter._count(TgateSchedule(None, deepcache_interval=2).plan(1), ran)
 
 
+@pytest.mark.slow  # the real SDXL architecture counted on the meta device (about 45 s); eval/macs.py prints it
 def test_sdxl_deepcache_reproduces_the_papers_rows_at_branch_1_and_gate_13(tmp_path, capsys):
     path = tmp_path / "macs.json"
     assert macs.main(["--model", "sdxl", "--deepcache-interval", "3", "--deepcache-branch", "1",

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import threading
+import functools
 from dataclasses import dataclass, field
 
 import pytest
@@ -42,7 +42,7 @@ from PixArt_sigma.pipeline import TgatePixArtSigmaPipeline
 from SD_1_5.pipeline import TgateStableDiffusionPipeline
 from SDXL.pipeline import TgateStableDiffusionXLPipeline
 from tests.test_gate_loop import steps_of_evaluations
-from tests.tgate_checks import pipeline_is_stock, quiet
+from tests.tgate_checks import assert_concurrent_runs_equal_sequential, pipeline_is_stock, quiet
 
 GUIDANCE = 6.0
 SD_SIZE = 32  # the tiny UNets: 16x16 latents, VAE factor 2
@@ -435,29 +435,11 @@ def test_two_threads_sharing_the_unet_equal_sequential_runs():
         return pipe(prompt_embeds=positive, negative_prompt_embeds=negative, output_type="latent",
                     generator=torch.Generator().manual_seed(seed), **call).images
 
-    sequential = [run(tgate, **call) for tgate, call in requests]
-    for _ in range(2):
-        results, errors = [None] * len(requests), []
-        barrier = threading.Barrier(len(requests))
-
-        def request(index, tgate, call):
-            try:
-                barrier.wait()
-                results[index] = run(tgate, **call)
-            except Exception as error:  # noqa: BLE001 - reported below
-                errors.append(error)
-
-        threads = [threading.Thread(target=request, args=(i, *r)) for i, r in enumerate(requests)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert not errors, errors
-        for index, (expected, got) in enumerate(zip(sequential, results)):
-            assert torch.equal(expected, got), f"request {index} differs from its sequential run"
+    assert_concurrent_runs_equal_sequential([functools.partial(run, tgate, **call) for tgate, call in requests])
     assert_stock(quiet(TgateStableDiffusionPipeline.from_pipe(base)))
 
 
+@pytest.mark.slow  # exhaustive variant: `python -m pytest -m slow`
 def test_compiled_unet_needs_a_graph_per_kind_of_step_not_per_step():
     """The hooks branch on the plan's values, so dynamo compiles one graph per kind of step (plus one where a
     kind first runs with no cache held yet), never one per step. Measured: gate 10 of 25 with sp 5 / fi 1 /

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass, field
 
 import torch
@@ -102,3 +103,28 @@ def reference_cross_attention_gate(denoiser: torch.nn.Module, gate: int, guided:
     finally:
         for handle in handles:
             handle.remove()
+
+
+def assert_concurrent_runs_equal_sequential(jobs, rounds: int = 2) -> None:
+    """Run each job once in turn, then ``rounds`` times all at once, a thread each (released together):
+    every concurrent result must equal its sequential one bit for bit. A job builds what it runs."""
+    sequential = [job() for job in jobs]
+    for _ in range(rounds):  # interleavings differ from round to round
+        results, errors = [None] * len(jobs), []
+        barrier = threading.Barrier(len(jobs))
+
+        def request(index, job):
+            try:
+                barrier.wait()
+                results[index] = job()
+            except Exception as error:  # noqa: BLE001 - reported below
+                errors.append(error)
+
+        threads = [threading.Thread(target=request, args=(i, job)) for i, job in enumerate(jobs)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors, errors
+        for index, (expected, got) in enumerate(zip(sequential, results)):
+            assert torch.equal(expected, got), f"request {index} differs from its sequential run"
