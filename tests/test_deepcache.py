@@ -22,10 +22,15 @@ from common.tiny import tiny_lcm_sdxl_components, tiny_pixart_components, tiny_s
 from PixArt_alpha.pipeline import TgatePixArtAlphaPipeline
 from SD_1_5.pipeline import TgateStableDiffusionPipeline
 from SDXL.pipeline import TgateStableDiffusionXLPipeline
-from tests.tgate_checks import assert_concurrent_runs_equal_sequential, pipeline_is_stock, quiet
+from tests.tgate_checks import (
+    assert_concurrent_runs_equal_sequential,
+    branch_denoiser,
+    end_guidance_after,
+    pipeline_is_stock,
+    quiet,
+)
 
 PROMPTS = ["a coral reef", "a red bus"]
-SIZE = 32  # the tiny UNets' image side: 16x16 latents, VAE factor 2
 GUIDANCE = 6.0
 STEPS = 7
 FAMILIES = {
@@ -128,19 +133,7 @@ def explicit_loop(family, components, gate, interval, branch, prompts, steps=STE
     encoder = stock_class(**components)
     scheduler, unet = components["scheduler"], components["unet"]
     count = len(prompts)
-    if family == "sdxl":
-        positive, negative, pooled, negative_pooled = encoder.encode_prompt(list(prompts), device="cpu")
-        ids = torch.tensor([[SIZE, SIZE, 0, 0, SIZE, SIZE]], dtype=torch.float32).repeat(count, 1)
-        branches = {"negative": (negative, negative_pooled, ids), "positive": (positive, pooled, ids)}
-    else:
-        positive, negative = encoder.encode_prompt(list(prompts), "cpu", 1, True)
-        branches = {"negative": (negative, None, None), "positive": (positive, None, None)}
-
-    def denoise(latent_input, t, *names):
-        context, pooled_embeds, time_ids = (torch.cat(parts) if parts[0] is not None else None
-                                            for parts in zip(*(branches[name] for name in names)))
-        added = {"text_embeds": pooled_embeds, "time_ids": time_ids} if family == "sdxl" else None
-        return unet(latent_input, t, encoder_hidden_states=context, added_cond_kwargs=added).sample
+    denoise = branch_denoiser(encoder, unet, prompts, sdxl=family == "sdxl")
 
     now, cross_cache, deep_cache = {}, {}, {}
 
@@ -337,18 +330,6 @@ def test_every_evaluation_of_a_step_runs_the_same_kind_of_forward(name, gate, in
     latents = run(pipe, PROMPTS, steps=5, gate_step=gate, deepcache_interval=interval, deepcache_branch=1)
     expected = explicit_loop("sd", components, gate, interval, 1, PROMPTS, steps=5)
     assert torch.equal(latents, expected)
-
-
-def end_guidance_after(step):
-    """diffusers' dynamic-guidance recipe: after ``step`` keep the positive half and guidance 0."""
-
-    def callback(pipe, index, timestep, tensors):
-        if index == step:
-            tensors = {name: value.chunk(2)[-1] for name, value in tensors.items()}
-            pipe._guidance_scale = 0.0
-        return tensors
-
-    return callback
 
 
 @pytest.mark.parametrize("gate", [None, 5])

@@ -16,10 +16,16 @@ from diffusers.utils.torch_utils import randn_tensor
 from common.tiny import tiny_sd_components, tiny_sdxl_components
 from SD_1_5.pipeline import TgateStableDiffusionPipeline
 from SDXL.pipeline import TgateStableDiffusionXLPipeline
-from tests.tgate_checks import pipeline_is_stock, quiet, record_denoiser_calls
+from tests.tgate_checks import (
+    CALLBACK_TENSORS,
+    branch_denoiser,
+    end_guidance_after,
+    pipeline_is_stock,
+    quiet,
+    record_denoiser_calls,
+)
 
 PROMPTS = ["a coral reef", "a red bus"]
-SIZE = 32  # the tiny UNet's image side: 16x16 latents, VAE factor 2
 GUIDANCE = 6.0
 
 EVERY_SCHEDULER = sorted(
@@ -100,19 +106,7 @@ def explicit_tgate(family, components, gate, steps, prompts, guided_until=None, 
     encoder = stock_class(**components)
     scheduler, unet = components["scheduler"], components["unet"]
     count = len(prompts)
-    if family == "sdxl":
-        positive, negative, pooled, negative_pooled = encoder.encode_prompt(list(prompts), device="cpu")
-        ids = torch.tensor([[SIZE, SIZE, 0, 0, SIZE, SIZE]], dtype=torch.float32).repeat(count, 1)
-        branches = {"negative": (negative, negative_pooled, ids), "positive": (positive, pooled, ids)}
-    else:
-        positive, negative = encoder.encode_prompt(list(prompts), "cpu", 1, True)
-        branches = {"negative": (negative, None, None), "positive": (positive, None, None)}
-
-    def denoise(latent_input, t, *branch_names):
-        context, pooled_embeds, time_ids = (torch.cat(parts) if parts[0] is not None else None
-                                            for parts in zip(*(branches[b] for b in branch_names)))
-        added = {"text_embeds": pooled_embeds, "time_ids": time_ids} if family == "sdxl" else None
-        return unet(latent_input, t, encoder_hidden_states=context, added_cond_kwargs=added).sample
+    denoise = branch_denoiser(encoder, unet, prompts, sdxl=family == "sdxl")
 
     latents = randn_tensor((count, 4, 16, 16), generator=torch.Generator().manual_seed(seed))
     scheduler.set_timesteps(steps)
@@ -153,21 +147,6 @@ def test_multi_evaluation_schedulers_equal_an_explicit_loop(family, name, config
     pipe = quiet(tgate_class(**components))
     expected = explicit_tgate(family, components, gate=2, steps=4, prompts=PROMPTS)
     assert torch.allclose(run(pipe, PROMPTS, gate_step=2, guidance_scale=GUIDANCE), expected, atol=1e-5)
-
-
-def end_guidance_after(step):
-    """The dynamic-guidance recipe of diffusers' docs: after ``step`` keep the positive half and guidance 0."""
-
-    def callback(pipe, index, timestep, tensors):
-        if index == step:
-            tensors = {name: value.chunk(2)[-1] for name, value in tensors.items()}
-            pipe._guidance_scale = 0.0
-        return tensors
-
-    return callback
-
-
-CALLBACK_TENSORS = {"sd": ["prompt_embeds"], "sdxl": ["prompt_embeds", "add_text_embeds", "add_time_ids"]}
 
 
 @pytest.mark.parametrize("family", ["sd", "sdxl"])

@@ -42,7 +42,13 @@ from PixArt_sigma.pipeline import TgatePixArtSigmaPipeline
 from SD_1_5.pipeline import TgateStableDiffusionPipeline
 from SDXL.pipeline import TgateStableDiffusionXLPipeline
 from tests.test_gate_loop import steps_of_evaluations
-from tests.tgate_checks import assert_concurrent_runs_equal_sequential, pipeline_is_stock, quiet
+from tests.tgate_checks import (
+    CALLBACK_TENSORS,
+    assert_concurrent_runs_equal_sequential,
+    end_guidance_after,
+    pipeline_is_stock,
+    quiet,
+)
 
 GUIDANCE = 6.0
 SD_SIZE = 32  # the tiny UNets: 16x16 latents, VAE factor 2
@@ -364,21 +370,6 @@ def test_heun_two_evaluations_per_step_follow_the_step_plan(family, setting):
     assert len(reference.evaluations) > setting.steps  # Heun: two evaluations per step but the last
     assert torch.allclose(latents, expected, atol=1e-5)
     assert_stock(pipe)
-
-
-def end_guidance_after(step):
-    """diffusers' dynamic-guidance recipe for any batch: after ``step`` keep the positive half, guidance 0."""
-
-    def callback(pipe, index, timestep, tensors):
-        if index == step:
-            tensors = {name: value.chunk(2)[-1] for name, value in tensors.items()}
-            pipe._guidance_scale = 0.0
-        return tensors
-
-    return callback
-
-
-CALLBACK_TENSORS = {"sd": ["prompt_embeds"], "sdxl": ["prompt_embeds", "add_text_embeds", "add_time_ids"]}
 
 
 @pytest.mark.parametrize("family", ["sd", "sdxl"])

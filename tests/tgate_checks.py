@@ -128,3 +128,44 @@ def assert_concurrent_runs_equal_sequential(jobs, rounds: int = 2) -> None:
         assert not errors, errors
         for index, (expected, got) in enumerate(zip(sequential, results)):
             assert torch.equal(expected, got), f"request {index} differs from its sequential run"
+
+
+# --- Pieces of the explicit reference loops (diffusers only, nothing from common/) ------------------------------
+
+TINY_IMAGE_SIDE = 32  # the tiny UNets' image side: 16x16 latents, VAE factor 2
+CALLBACK_TENSORS = {"sd": ["prompt_embeds"], "sdxl": ["prompt_embeds", "add_text_embeds", "add_time_ids"]}
+
+
+def end_guidance_after(step):
+    """diffusers' dynamic-guidance recipe for any batch: after ``step`` keep the positive half, guidance 0."""
+
+    def callback(pipe, index, timestep, tensors):
+        if index == step:
+            tensors = {name: value.chunk(2)[-1] for name, value in tensors.items()}
+            pipe._guidance_scale = 0.0
+        return tensors
+
+    return callback
+
+
+def branch_denoiser(encoder, unet, prompts, sdxl: bool):
+    """``denoise(latent_input, t, *branches)``: the UNet on the named branches ("negative", "positive") of
+    ``prompts``, encoded by the stock pipeline ``encoder``, concatenated in that order (SDXL's pooled text
+    and time ids too)."""
+    count = len(prompts)
+    if sdxl:
+        positive, negative, pooled, negative_pooled = encoder.encode_prompt(list(prompts), device="cpu")
+        side = TINY_IMAGE_SIDE
+        ids = torch.tensor([[side, side, 0, 0, side, side]], dtype=torch.float32).repeat(count, 1)
+        branches = {"negative": (negative, negative_pooled, ids), "positive": (positive, pooled, ids)}
+    else:
+        positive, negative = encoder.encode_prompt(list(prompts), "cpu", 1, True)
+        branches = {"negative": (negative, None, None), "positive": (positive, None, None)}
+
+    def denoise(latent_input, t, *names):
+        context, pooled_embeds, time_ids = (torch.cat(parts) if parts[0] is not None else None
+                                            for parts in zip(*(branches[name] for name in names)))
+        added = {"text_embeds": pooled_embeds, "time_ids": time_ids} if sdxl else None
+        return unet(latent_input, t, encoder_hidden_states=context, added_cond_kwargs=added).sample
+
+    return denoise
