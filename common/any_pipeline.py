@@ -40,7 +40,7 @@ from diffusers import DiffusionPipeline
 from diffusers.pipelines.pag.pag_utils import PAGMixin
 
 from .controlnet import ControlNetGuard
-from .gate import cross_attention_modules
+from .gate import cross_attention_modules, no_cross_attention_reason
 from .pipeline import TgateMixin
 
 __all__ = ["check_gateable_class", "check_gateable_pipeline", "tgate_class", "tgate_pipeline"]
@@ -157,11 +157,7 @@ def check_gateable_pipeline(pipe: Any) -> None:
     if denoiser is None:
         raise ValueError(f"TGATE cannot gate this {type(pipe).__name__}: it has no 'unet' or 'transformer'.")
     if not cross_attention_modules(denoiser):
-        raise ValueError(
-            f"TGATE cannot gate this {type(pipe).__name__}: its denoiser {type(denoiser).__name__} has no "
-            "cross-attention module (no attention with is_cross_attention; joint-attention transformers such as "
-            "SD3's and Flux's mix text and image in self-attention), so there is nothing for the gate to cache."
-        )
+        raise ValueError(f"TGATE cannot gate this {type(pipe).__name__}: {no_cross_attention_reason(denoiser)}")
 
 
 def tgate_pipeline(pipe: DiffusionPipeline, **kwargs) -> DiffusionPipeline:

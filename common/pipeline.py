@@ -72,6 +72,9 @@ class TgateMixin:
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
         cls.__call__ = _tgate_call_for(super(TgateMixin, cls).__call__)
+        encode_prompt = getattr(super(TgateMixin, cls), "encode_prompt", None)
+        if encode_prompt is not None and not getattr(encode_prompt, "_tgate_records", False):
+            cls.encode_prompt = _recording(encode_prompt)
         _register_with_diffusers(cls)
 
     @property
@@ -122,8 +125,24 @@ class TgateMixin:
         call = inspect.signature(stock_call).bind(self, *args, **kwargs)
         call.apply_defaults()
         guided = self.guidance_state(call.arguments.get("guidance_scale", 1.0))
-        with gated_sampling(self.denoisers, schedule, guided):
+        with gated_sampling(self.denoisers, schedule, guided, type(self)):
             return stock_call(self, *args, **kwargs)
+
+
+def _recording(encode_prompt: Callable) -> Callable:
+    """``encode_prompt`` that also hands what it returns to the TGATE call in progress, which checks the guidance
+    batch's branch order on these tensors (``common.branches.check_branch_order``)."""
+
+    @functools.wraps(encode_prompt)
+    def recording_encode_prompt(self, *args, **kwargs):
+        output = encode_prompt(self, *args, **kwargs)
+        call = active_call()
+        if call is not None and isinstance(output, tuple):
+            call.text_states.append(output)
+        return output
+
+    recording_encode_prompt._tgate_records = True
+    return recording_encode_prompt
 
 
 def _register_with_diffusers(cls: type) -> None:
