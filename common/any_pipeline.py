@@ -16,11 +16,16 @@ running stock (or wrong) silently:
   cross-attention (checked on the components, by :func:`tgate_pipeline` and at every call);
 - a sampling loop on the pipeline's progress bar (``self.progress_bar(`` in ``__call__``): TGATE counts the
   gate's steps there;
-- a guidance batch it understands: the pipeline reports its guidance (a ``do_classifier_free_guidance``
-  property, or a ``guidance_scale`` parameter) and, where it guides, runs both branches in one denoiser call on
-  the batch ``[negative, positive]`` and splits the prediction with ``.chunk(2)``. Pipelines that run the two
-  branches as two denoiser calls (Wan, Flux's true CFG, QwenImage, ...), three branches (InstructPix2Pix,
-  perturbed-attention guidance) or extra denoiser passes (self-attention guidance, ...) are refused.
+- a guidance it understands, checked on the tensors at the first guided evaluation
+  (:func:`common.branches.guidance_layout`): one denoiser call per step on the batch ``[negative, positive]``
+  (SD, SDXL, PixArt, HunyuanDiT, LTX-Video, Sana, ...), or one call per branch, conditional first, with a
+  ``do_classifier_free_guidance`` property read every step (Wan, SkyReels-V2: after the gate the second call
+  goes away). A positive-first batch or a third branch is refused then; so are, up front, perturbed-attention
+  guidance (PAG) and pipelines that call their denoiser in several places (extra guidance or correction passes).
+- a denoiser whose per-sample inputs it knows (:data:`common.branches.PER_SAMPLE_INPUTS`).
+
+Joint-attention models (SD3, Flux, CogVideoX, HunyuanVideo, QwenImage, ...) attend to text and image tokens in one
+attention: there is no cross-attention to cache, and :func:`tgate_pipeline` refuses them.
 
 ControlNet pipelines keep :class:`~common.controlnet.ControlNetGuard`'s refusal of guess mode under guidance.
 A class built here is registered with diffusers like the repository's own (``diffusers.Tgate<Name>``, the
@@ -120,12 +125,6 @@ def check_gateable_class(pipeline_class: Any) -> None:
         raise ValueError(
             f"TGATE cannot gate {name}: its __call__ calls its denoiser in {denoiser_calls} places (extra guidance "
             "or correction passes), so TGATE cannot tell which call runs the guidance batch of a step."
-        )
-    if not re.search(r"\.chunk\(\s*2\s*\)", source):
-        raise ValueError(
-            f"TGATE cannot gate {name}: its __call__ does not run classifier-free guidance as one denoiser call "
-            "on the batch [negative, positive] split with .chunk(2) (it calls the denoiser once per branch, or "
-            "on more than two branches), so TGATE cannot cut the guidance batch after the gate."
         )
 
 

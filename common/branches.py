@@ -207,29 +207,45 @@ def branch_cut(denoiser: torch.nn.Module, forward: Callable, pipeline_class: typ
     )
 
 
-def check_branch_order(cut: BranchCut, args: tuple, kwargs: dict, text_states: list[tuple]) -> None:
-    """At the first guided evaluation: a ``ValueError`` if the denoiser's text input holds the positive branch first.
+BATCHED, TWO_CALLS = "batched", "two_calls"
+
+
+def guidance_layout(cut: BranchCut, args: tuple, kwargs: dict, text_states: list[tuple]) -> str:
+    """At the first guided evaluation, how the pipeline runs its two branches, checked on the tensors.
 
     ``text_states``: what the pipeline's ``encode_prompt`` returned in this call (diffusers' convention: the
-    positive states before the negative ones of the same shape). The halves of ``encoder_hidden_states`` are
-    compared with them on the tensors; where they cannot tell (no ``encode_prompt``, the prompt equal to the
-    negative prompt, states transformed before the denoiser), diffusers' ``[negative, positive]`` order stands.
+    positive states before the negative ones of the same shape). A denoiser batch of twice the positive states'
+    samples is one call on ``[negative, positive]`` (:data:`BATCHED`; positive first is refused); as many samples
+    as the positive states is one call per branch (:data:`TWO_CALLS`, as Wan); anything else (a third branch) is
+    refused. Where the tensors cannot tell (no ``encode_prompt``, the prompt equal to the negative prompt, states
+    transformed before the denoiser), diffusers' batched ``[negative, positive]`` order stands.
     """
-    text = cut.signature.bind_partial(*args, **kwargs).arguments.get("encoder_hidden_states")
-    if not torch.is_tensor(text) or text.ndim < 2 or text.shape[0] % 2:
-        return
-    first, second = text[0], text[text.shape[0] // 2]
+    arguments = cut.signature.bind_partial(*args, **kwargs).arguments
+    text, sample = arguments.get("encoder_hidden_states"), arguments.get(cut.per_sample[0])
+    if not (torch.is_tensor(text) and torch.is_tensor(sample)) or text.ndim < 2:
+        return BATCHED
     for states in text_states:
         same_shape = [t for t in states if torch.is_tensor(t) and t.ndim == text.ndim and t.shape[1:] == text.shape[1:]]
         if len(same_shape) < 2:
             continue
-        positive, negative = (t[0].to(first) for t in same_shape[:2])
-        if torch.equal(positive, negative):
-            continue
-        if torch.equal(first, positive) and torch.equal(second, negative):
+        positive, negative = same_shape[:2]
+        images = positive.shape[0]
+        if sample.shape[0] == images:
+            return TWO_CALLS
+        if sample.shape[0] != 2 * images:
+            raise ValueError(
+                f"TGATE cannot gate this pipeline: it hands {cut.denoiser_name} {sample.shape[0]} samples for "
+                f"{images} images, neither one batch [negative, positive] nor one call per branch (a third branch, "
+                "as InstructPix2Pix's image guidance?), so TGATE cannot tell which samples form a branch."
+            )
+        first, second = text[0], text[text.shape[0] // 2]
+        positive, negative = positive[0].to(first), negative[0].to(first)
+        if not torch.equal(positive, negative) and torch.equal(first, positive) and torch.equal(second, negative):
             raise ValueError(
                 f"TGATE cannot gate this pipeline: it hands {cut.denoiser_name} the guidance batch "
                 "[positive, negative] (positive first), while TGATE's cut keeps diffusers' [negative, positive] "
                 "order's negative half. Checked on the tensors: the first half of encoder_hidden_states is the "
                 "positive prompt's."
             )
+        return BATCHED
+    return BATCHED

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import functools
 import logging
 import threading
@@ -39,7 +40,7 @@ from diffusers.models.attention import AttentionModuleMixin
 from diffusers.models.attention_processor import Attention
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 
-from .branches import BranchCut, branch_cut, check_branch_order
+from .branches import TWO_CALLS, BranchCut, branch_cut, guidance_layout
 from .schedule import CACHE, COMPUTE, REUSE, StepPlan, TgateSchedule, check_gate_step
 
 __all__ = [
@@ -80,20 +81,41 @@ class TgateCall:
     visits: dict[Any, int] = field(default_factory=dict)
     cuts: dict[int, BranchCut] = field(default_factory=dict)  # per denoiser (id): how its batch is cut
     text_states: list[tuple] = field(default_factory=list)  # what the pipeline's encode_prompt returned
-    order_checked: bool = False  # the guidance batch's branch order, checked at the first guided evaluation
+    layout: str | None = None  # batched or two calls per step: checked on the first guided evaluation's tensors
+    evaluation_in_step: int = 0  # denoiser evaluations of this step before the one in progress
+    _evaluated_step: int = -1
+    # Per denoiser (id): the step whose evaluation cached its cross-attention. A denoiser that first runs after
+    # the gate (Wan 2.2's second expert) has no cache: its first step runs as step gate - 1 does, to fill it.
+    cached_at: dict[int, int] = field(default_factory=dict)
 
-    def begin_evaluation(self) -> StepPlan:
-        """Called as the denoiser starts: fix the plan and guidance of this evaluation for every hook."""
+    @property
+    def two_calls(self) -> bool:
+        """Whether the pipeline guides with one denoiser call per branch (Wan) instead of one batch."""
+        return self.layout == TWO_CALLS
+
+    def drops_guidance_call(self) -> bool:
+        """For a two-call pipeline, read after the step's first (conditional) call: skip the second one."""
+        return self.two_calls and self.plan is not None and self.plan.single_branch
+
+    def begin_evaluation(self, denoiser: int = 0) -> StepPlan:
+        """Called as the denoiser (its id) starts: fix the plan and guidance of this evaluation for every hook."""
         if not self.follows_loop:
             raise RuntimeError(
                 "TGATE cannot see this pipeline's sampling loop (it counts steps on the pipeline's progress bar, "
                 "which was never opened), so it cannot tell where the gate is. Gate a pipeline class built with "
                 "common.pipeline.TgateMixin, or call the stock pipeline without gate_step."
             )
-        self.plan = self.schedule.plan(self.step)
-        self.guided_now = self.guided()
-        self.visits = {}
-        return self.plan
+        if self.step != self._evaluated_step:
+            self._evaluated_step, self.evaluation_in_step = self.step, 0
+        else:
+            self.evaluation_in_step += 1
+        plan = self.schedule.plan(self.step)
+        if plan.cross_attention == REUSE and self.cached_at.get(denoiser, self.step) == self.step:
+            plan = dataclasses.replace(self.schedule.plan(self.schedule.gate_step - 1), deepcache=plan.deepcache)
+        if plan.cross_attention == CACHE:
+            self.cached_at[denoiser] = self.step
+        self.plan, self.guided_now, self.visits = plan, self.guided(), {}
+        return plan
 
     def visit(self, key: Any) -> int:
         """The call site of a hooked module in this evaluation: 0 for its first call, 1 for its second, ..."""
@@ -104,6 +126,7 @@ class TgateCall:
     def follow(self, progress_bar: Any) -> Any:
         """Count steps on the sampling loop's progress bar (``total=`` or iterable form); a new bar restarts."""
         self.step, self.follows_loop, self.caches = 0, True, dict.fromkeys(self.cache_keys)
+        self._evaluated_step, self.cached_at = -1, {}
         self._warn_if_gate_unreached(progress_bar)
         if getattr(progress_bar, "iterable", None) is None:
             update = progress_bar.update
@@ -176,9 +199,13 @@ class AttentionGateHook(ModelHook):
         output = self.fn_ref.original_forward(*args, **kwargs)
         if not torch.is_tensor(output):
             raise TypeError(f"TGATE caches tensor outputs of attention, got {type(output).__name__}.")
-        kept = merge_guidance_halves(output) if plan.merge_halves and call.guided_now else output
-        earlier = (call.caches.get(self.key) or ())[:site] if site else ()
-        call.caches[self.key] = (*earlier, kept)
+        cached = call.caches.get(self.key) or ()
+        if plan.merge_halves and call.guided_now and call.two_calls and call.evaluation_in_step % 2:
+            # The step's second call (the unconditional branch): the mean with the first call's output.
+            call.caches[self.key] = (*cached[:site], (cached[site] + output) / 2, *cached[site + 1 :])
+        else:
+            batched_halves = plan.merge_halves and call.guided_now and not call.two_calls
+            call.caches[self.key] = (*cached[:site], merge_guidance_halves(output) if batched_halves else output)
         return output
 
     def _missing_cache(self, call: TgateCall, site: int, cached_sites: int) -> str:
@@ -234,11 +261,11 @@ def _denoiser_forward(original: Callable, key: int, *args, **kwargs) -> Any:
     call = _ACTIVE_CALL.get()
     if call is None:
         return original(*args, **kwargs)
-    plan = call.begin_evaluation()
-    if call.guided_now and not call.order_checked:
-        call.order_checked = True
-        check_branch_order(call.cuts[key], args, kwargs, call.text_states)
-    if not (plan.single_branch and call.guided_now):
+    plan = call.begin_evaluation(key)
+    if call.guided_now and call.layout is None:
+        call.layout = guidance_layout(call.cuts[key], args, kwargs, call.text_states)
+    # Two calls per step: after the gate the pipeline makes one (TgateMixin's do_classifier_free_guidance).
+    if not (plan.single_branch and call.guided_now) or call.two_calls:
         return original(*args, **kwargs)
     cut = call.cuts[key]
     return cut.for_both_branches(original(**cut.keep_one_branch(args, kwargs)))

@@ -72,6 +72,9 @@ class TgateMixin:
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
         cls.__call__ = _tgate_call_for(super(TgateMixin, cls).__call__)
+        guidance = getattr(super(TgateMixin, cls), "do_classifier_free_guidance", None)
+        if isinstance(guidance, property) and not hasattr(guidance.fget, "_tgate_stock"):
+            cls.do_classifier_free_guidance = _guidance_with_gate(guidance)
         encode_prompt = getattr(super(TgateMixin, cls), "encode_prompt", None)
         if encode_prompt is not None and not getattr(encode_prompt, "_tgate_records", False):
             cls.encode_prompt = _recording(encode_prompt)
@@ -83,9 +86,10 @@ class TgateMixin:
 
     @property
     def denoisers(self) -> list[torch.nn.Module]:
-        """What the sampling loop runs on the guidance batch: the denoiser, and the ControlNet if any."""
-        controlnet = getattr(self, "controlnet", None)
-        return [self.denoiser] if controlnet is None else [self.denoiser, controlnet]
+        """What the sampling loop runs on the guidance batch: the denoiser, a second expert (Wan 2.2's
+        ``transformer_2``) and the ControlNet, where the pipeline has them."""
+        extra = (getattr(self, name, None) for name in ("transformer_2", "controlnet"))
+        return [self.denoiser, *(module for module in extra if module is not None)]
 
     @property
     def native_resolution(self) -> int:
@@ -106,8 +110,10 @@ class TgateMixin:
         SD and SDXL read their ``do_classifier_free_guidance`` property at every step, and callbacks may end
         guidance by changing ``_guidance_scale`` (diffusers' CFG cut-off callbacks); PixArt decides once.
         """
-        if isinstance(getattr(type(self), "do_classifier_free_guidance", None), property):
-            return lambda: self.do_classifier_free_guidance
+        guidance = getattr(type(self), "do_classifier_free_guidance", None)
+        if isinstance(guidance, property):  # the stock property, not the gated one
+            stock = getattr(guidance.fget, "_tgate_stock", guidance)
+            return lambda: stock.fget(self)
         guided = self.uses_guidance(guidance_scale)
         return lambda: guided
 
@@ -127,6 +133,20 @@ class TgateMixin:
         guided = self.guidance_state(call.arguments.get("guidance_scale", 1.0))
         with gated_sampling(self.denoisers, schedule, guided, type(self)):
             return stock_call(self, *args, **kwargs)
+
+
+def _guidance_with_gate(stock: property) -> property:
+    """The pipeline's ``do_classifier_free_guidance``, False after the gate for a pipeline that guides with two
+    denoiser calls per step (Wan): the loop reads it after the conditional call and skips the second one. One
+    batch ``[negative, positive]`` pipelines read it unchanged (the gate cuts their batch instead)."""
+
+    def do_classifier_free_guidance(self) -> bool:
+        call = active_call()
+        return stock.fget(self) and not (call is not None and call.drops_guidance_call())
+
+    gated = property(do_classifier_free_guidance, doc=stock.__doc__)
+    gated.fget._tgate_stock = stock
+    return gated
 
 
 def _recording(encode_prompt: Callable) -> Callable:

@@ -34,6 +34,7 @@ _UNET_ATTN2 = r"attentions\.\d+\.transformer_blocks\.\d+\.attn2$"
 CROSS_ATTENTION_NAMES = {
     "UNet2DConditionModel": _UNET_ATTN2,
     "ControlNetModel": _UNET_ATTN2,
+    "MultiControlNetModel": _UNET_ATTN2,  # nets.<i>.<a ControlNetModel's names>
     "UNetMotionModel": _UNET_ATTN2,  # motion_modules.*.attn2 is temporal self-attention
     "UNetSpatioTemporalConditionModel": r"attentions\.\d+\.(transformer_blocks|temporal_transformer_blocks)\.\d+\.attn2$",
     "PixArtTransformer2DModel": r"^transformer_blocks\.\d+\.attn2$",
@@ -44,6 +45,7 @@ PER_SAMPLE_INPUTS = {
                              "down_block_additional_residuals", "mid_block_additional_residual",
                              "down_intrablock_additional_residuals", "cross_attention_kwargs.gligen"),
     "ControlNetModel": ("sample", "encoder_hidden_states", "controlnet_cond", "added_cond_kwargs"),
+    "MultiControlNetModel": ("sample", "encoder_hidden_states", "controlnet_cond", "added_cond_kwargs"),
     "UNetMotionModel": ("sample", "encoder_hidden_states"),
     "UNetSpatioTemporalConditionModel": ("sample", "encoder_hidden_states", "added_time_ids"),
     "PixArtTransformer2DModel": ("hidden_states", "encoder_hidden_states", "timestep", "encoder_attention_mask",

@@ -25,7 +25,7 @@ from common.tiny import TINY_CROSS_ATTENTION_DIM, TINY_UNET, tiny_sd_components
 from SD_1_5.pipeline import TgateStableDiffusionImg2ImgPipeline, TgateStableDiffusionPipeline
 from tests.hooked_reference import cross_attention, hooked_tgate
 from tests.tgate_checks import quiet
-from tests.tiny_hunyuandit import tiny_hunyuandit_components
+from common.tiny_dit import tiny_hunyuandit_components
 
 STEPS = 3
 GUIDANCE = 5.0
