@@ -199,13 +199,15 @@ class AttentionGateHook(ModelHook):
         output = self.fn_ref.original_forward(*args, **kwargs)
         if not torch.is_tensor(output):
             raise TypeError(f"TGATE caches tensor outputs of attention, got {type(output).__name__}.")
-        cached = call.caches.get(self.key) or ()
-        if plan.merge_halves and call.guided_now and call.two_calls and call.evaluation_in_step % 2:
+        merging = plan.merge_halves and call.guided_now
+        if merging and call.two_calls and call.evaluation_in_step % 2:
             # The step's second call (the unconditional branch): the mean with the first call's output.
+            cached = call.caches[self.key]
             call.caches[self.key] = (*cached[:site], (cached[site] + output) / 2, *cached[site + 1 :])
         else:
-            batched_halves = plan.merge_halves and call.guided_now and not call.two_calls
-            call.caches[self.key] = (*cached[:site], merge_guidance_halves(output) if batched_halves else output)
+            kept = merge_guidance_halves(output) if merging and not call.two_calls else output
+            # The first call site starts the module's caches afresh (read nothing: a compiled block guards less).
+            call.caches[self.key] = (*call.caches[self.key][:site], kept) if site else (kept,)
         return output
 
     def _missing_cache(self, call: TgateCall, site: int, cached_sites: int) -> str:
