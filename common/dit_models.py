@@ -40,7 +40,9 @@ LTX_NEGATIVE = "worst quality, inconsistent motion, blurry, jittery, distorted"
 
 
 def _wan(key: str, title: str, checkpoint: str, steps: int, guidance: float, height: int, width: int, **more):
-    settings = dict(pipeline="Wan.pipeline:TgateWanPipeline", prompt=WAN_PROMPT, tiny="common.tiny_dit:tiny_wan_components")
+    settings = dict(pipeline="Wan.pipeline:TgateWanPipeline", prompt=WAN_PROMPT,
+                    tiny="common.tiny_dit:tiny_wan_components",
+                    tiny_call=(("height", 16), ("width", 16), ("num_frames", 5)))
     settings.update(more)
     return ModelSpec(
         key=key, title=title, checkpoint=checkpoint, steps=steps, gate_step=default_gate(steps),
@@ -77,6 +79,7 @@ DIT_MODELS: dict[str, ModelSpec] = {
         steps=50, gate_step=default_gate(50), guidance_scale=3.0, resolution=480, height=480, width=704, frames=161,
         prompt=LTX_PROMPT, seed=42, scheduler=None, tiny="common.tiny_dit:tiny_ltx_components",
         denoiser="transformer", call_kwargs=(("negative_prompt", LTX_NEGATIVE),),
+        tiny_call=(("height", 32), ("width", 32), ("num_frames", 5)),
     ),
     # SanaPipeline's defaults: 1024 px, 20 steps, guidance 4.5; the checkpoint's flow DPM-Solver (flow_shift 3.0).
     "sana": ModelSpec(
@@ -84,6 +87,7 @@ DIT_MODELS: dict[str, ModelSpec] = {
         checkpoint="Efficient-Large-Model/Sana_1600M_1024px_diffusers", steps=20, gate_step=default_gate(20),
         guidance_scale=4.5, resolution=1024, prompt='a cyberpunk cat with a neon sign that says "Sana"', seed=42,
         scheduler=None, tiny="common.tiny_dit:tiny_sana_components", denoiser="transformer",
+        tiny_call=(("height", 32), ("width", 32), ("use_resolution_binning", False)),
     ),
     # HunyuanDiTPipeline's defaults: 1024 px (sample_size 128 x 8), 50 steps, guidance 5.0; DDPM, v-prediction.
     "hunyuandit": ModelSpec(
@@ -92,5 +96,6 @@ DIT_MODELS: dict[str, ModelSpec] = {
         guidance_scale=5.0, resolution=1024, prompt="An astronaut riding a horse", seed=42, scheduler=None,
         tiny="common.tiny_dit:tiny_hunyuandit_components", denoiser="transformer",
         configs_from=(("vae", "sdxl"),),  # sdxl-vae-fp16-fix: the SDXL VAE's architecture
+        tiny_call=(("height", 32), ("width", 32), ("use_resolution_binning", False)),
     ),
 }

@@ -64,6 +64,7 @@ class ModelSpec:
     frames: int | None = None  # None: an image model
     scheduler_kwargs: tuple[tuple[str, Any], ...] = ()  # overrides of the installed scheduler's config (flow_shift)
     call_kwargs: tuple[tuple[str, Any], ...] = ()  # further __call__ defaults (negative_prompt, guidance_scale_2)
+    tiny_call: tuple[tuple[str, Any], ...] = ()  # __call__ arguments of a --tiny run (sizes its components take)
 
     @property
     def size(self) -> tuple[int, int]:
