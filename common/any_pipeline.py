@@ -58,6 +58,10 @@ FAMILY_MODULES = (
     "PixArt_sigma.pipeline",
     "AnimateDiff.pipeline",
     "SVD.pipeline",
+    "Wan.pipeline",
+    "LTX_Video.pipeline",
+    "Sana.pipeline",
+    "HunyuanDiT.pipeline",
 )
 DENOISER_NAMES = ("unet", "transformer")
 

@@ -45,7 +45,7 @@ def build_parser(specs: dict[str, ModelSpec], variant_flag: str | None) -> argpa
     parser.add_argument("--negative-prompt", default=None, help="negative prompt (the unconditional branch)")
     parser.add_argument("--steps", type=int, help=f"denoising steps (default: the paper's, {default.steps})")
     parser.add_argument("--gate", type=int, help="gate step: guided steps before cross-attention is cached and "
-                        f"guidance dropped; >= --steps is stock (default: the paper's, {default.gate_step})")
+                        f"guidance dropped; >= --steps is stock at --sp-interval 1 (default: the paper's, {default.gate_step})")
     parser.add_argument("--sp-interval", type=int, help="TGATE-V2: before the gate, self-attention is computed and "
                         "cached every N steps after the warm-up and returns its cache in between; 1 = every step, v1 "
                         f"(default: the model's, {default.sp_interval}). Above 1, even a gate >= --steps is not stock")

@@ -292,12 +292,20 @@ def cross_attention_modules(denoiser: torch.nn.Module) -> list[torch.nn.Module]:
     return [module for _, module in named_cross_attention_modules(denoiser)]
 
 
+# Attention classes that do not say whether they attend to the condition (no ``is_cross_attention``), with the
+# name their cross-attention has in a block: LTX-Video's text enters through each block's attn2.
+_CROSS_ATTENTION_BY_NAME = {"LTXAttention": "attn2"}
+
+
+def _is_cross_attention(name: str, module: torch.nn.Module) -> bool:
+    said = getattr(module, "is_cross_attention", None)
+    if said is None:
+        return name.rpartition(".")[2] == _CROSS_ATTENTION_BY_NAME.get(type(module).__name__)
+    return bool(said) and not is_added_kv_attention(module)
+
+
 def named_cross_attention_modules(denoiser: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-    return [
-        (name, module)
-        for name, module in _attention_modules(denoiser)
-        if getattr(module, "is_cross_attention", False) and not is_added_kv_attention(module)
-    ]
+    return [(name, module) for name, module in _attention_modules(denoiser) if _is_cross_attention(name, module)]
 
 
 def self_attention_modules(denoiser: torch.nn.Module) -> list[torch.nn.Module]:
@@ -309,7 +317,7 @@ def _named_self_attention_modules(denoiser: torch.nn.Module) -> list[tuple[str, 
     return [
         (name, module)
         for name, module in _attention_modules(denoiser)
-        if name.rpartition(".")[2] == "attn1" and not getattr(module, "is_cross_attention", False)
+        if name.rpartition(".")[2] == "attn1" and not _is_cross_attention(name, module)
     ]
 
 

@@ -140,7 +140,7 @@ def missing_weights_message(spec: ModelSpec, source: str, error: Exception) -> s
     return (
         f"Could not load the {spec.title} weights from '{source}'.\n"
         f"  reason: {reason}\n"
-        f"  To provide them: download once with network access (`huggingface-cli download {spec.checkpoint}` "
+        f"  To provide them: download once with network access (`hf download {spec.checkpoint}`, huggingface_hub's CLI, "
         "fills the Hugging Face cache, $HF_HOME, which is then used offline), or pass a local diffusers folder "
         "(generate.py: --model PATH; the eval scripts: --checkpoint PATH).\n"
         "  For an offline smoke run without weights, use --tiny (tiny random components; the image is noise)."

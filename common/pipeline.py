@@ -30,7 +30,9 @@ TGATE_DOCSTRING = """
                 from step `gate_step` on it returns that cache and classifier-free guidance is dropped (the
                 denoiser runs the negative branch only). Steps are the pipeline's own (its progress bar: after
                 `strength` or `denoising_end`), whatever the scheduler evaluates per step. `None` is the stock
-                pipeline; `gate_step >= num_inference_steps` gives the stock output bit for bit.
+                pipeline; `gate_step >= num_inference_steps` gives the stock output bit for bit at `sp_interval=1`
+                (TGATE-V2's larger intervals change the steps before the gate), with a warning that the gate is
+                never reached.
             sp_interval (`int`, *optional*, defaults to 1):
                 TGATE-V2: before the gate, self-attention is computed (and cached) every `sp_interval` steps
                 after the warm-up, and returns its cache in between. 1 computes it every step (v1).

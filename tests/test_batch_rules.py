@@ -275,3 +275,40 @@ def test_the_reference_names_the_same_cross_attention_modules_as_the_architectur
     unet = tiny_sd_components()["unet"]
     blocks = [m for m in unet.modules() if type(m).__name__ == "BasicTransformerBlock"]
     assert cross_attention(unet) == [block.attn2 for block in blocks]
+
+
+# --- The steps a gate counts: after denoising_end, and per FreeInit iteration ----------------------------------------
+
+def unet_batches(unet, run):
+    batches = []
+    handle = unet.conv_in.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
+    try:
+        run()
+    finally:
+        handle.remove()
+    return batches
+
+
+def test_the_gate_counts_the_steps_denoising_end_leaves(caplog):
+    from common.tiny import tiny_sdxl_components
+    from SDXL.pipeline import TgateStableDiffusionXLPipeline
+
+    components = tiny_sdxl_components()
+    pipe = quiet(TgateStableDiffusionXLPipeline(**components))
+    call = dict(num_inference_steps=6, denoising_end=0.5, output_type="latent")  # 3 of the 6 steps run
+    assert unet_batches(components["unet"], lambda: pipe(PROMPTS[0], gate_step=2, **call)) == [2, 2, 1]
+    with caplog.at_level(logging.WARNING, logger="tgate"):
+        pipe(PROMPTS[0], gate_step=3, **call)
+    assert "gate_step=3 is never reached: this call runs 3 steps" in caplog.text
+
+
+def test_each_free_init_iteration_is_a_run_with_its_own_gate():
+    from AnimateDiff.pipeline import TgateAnimateDiffPipeline
+    from common.tiny_pipelines import tiny_animatediff_components
+
+    components = tiny_animatediff_components()
+    pipe = quiet(TgateAnimateDiffPipeline(**components))
+    pipe.enable_free_init(num_iters=2, use_fast_sampling=False)
+    run = lambda: pipe(PROMPTS[0], num_frames=2, num_inference_steps=3, gate_step=1, output_type="latent")  # noqa: E731
+    frames = 2  # the motion UNet's first layer sees every frame of every sample
+    assert unet_batches(components["unet"], run) == [2 * frames, frames, frames] * 2
