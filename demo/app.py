@@ -150,7 +150,9 @@ def build_app(store: ModelStore, default_model: str = TOY_MODEL) -> gr.Blocks:
 
         with gr.Tab("Stock vs TGATE"):
             with gr.Row():
-                gate = gr.Slider(1, spec.steps, min(spec.gate_step, spec.steps), step=1, elem_id="gate",
+                # the page narrows the range to the steps; the server accepts up to MAX_STEPS (API calls set no
+                # range) and says itself when a gate is after the steps
+                gate = gr.Slider(1, MAX_STEPS, min(spec.gate_step, spec.steps), step=1, elem_id="gate",
                                  label="gate step (= steps: nothing gated, the stock image)", scale=3)
                 run = gr.Button("Run stock and TGATE", variant="primary", elem_id="run", scale=1)
             with gr.Row():
@@ -170,8 +172,10 @@ def build_app(store: ModelStore, default_model: str = TOY_MODEL) -> gr.Blocks:
         run.click(page_errors(compare), [model, gate, *values], [stock_image, tgate_image, diff_image, summary],
                   api_name="compare")
         run_sweep.click(page_errors(sweep), [model, gates, *values], [strip, table], api_name="sweep")
-        steps.change(lambda s, g: gr.update(maximum=int(s), value=min(int(g), int(s))), [steps, gate], gate,
-                     api_visibility="private")
+        narrow_gate = dict(fn=lambda s, g: gr.update(maximum=int(s), value=min(int(g), int(s))), inputs=[steps, gate],
+                           outputs=gate, api_visibility="private")
+        steps.change(**narrow_gate)
+        app.load(**narrow_gate)
         model.change(model_changed, model, [note, prompt, steps, gate, seed, guidance, sp_interval, fi_interval,
                                             warm_up, deepcache_interval, deepcache_branch], api_visibility="private")
     return app

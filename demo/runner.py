@@ -101,7 +101,7 @@ def weights_problem(spec: ModelSpec) -> str | None:
         except LocalEntryNotFoundError:
             where = "the Hugging Face cache ($HF_HOME)"
     return (f"The weights of {spec.title} ({spec.checkpoint}) are not in {where}, and this demo never downloads. "
-            f"Download them once with network access (`huggingface-cli download {spec.checkpoint}`) and pick it "
+            f"Download them once with network access (`hf download {spec.checkpoint}`) and pick it "
             f"again; or pick the toy model ('{TOY_MODEL}'), which runs offline.")
 
 
