@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import html
 import logging
 import os
 import sys
@@ -87,10 +88,10 @@ def model_note(key: str) -> str:
     spec = get_model(key)
     problem = weights_problem(spec)
     if problem:
-        return f"**{spec.title}**: {problem}"
+        return f"**{spec.title}**: {html.escape(problem)}"
     deepcache = "" if spec.denoiser == "unet" else " DeepCache does not apply (a transformer, not a UNet)."
     return (f"**{spec.title}**: {spec.resolution}x{spec.resolution}, defaults {spec.steps} steps, gate "
-            f"{spec.gate_step}, guidance {spec.guidance_scale}.{deepcache}" + (f" {spec.note}." if spec.note else ""))
+            f"{spec.gate_step}, guidance {spec.guidance_scale}.{deepcache}" + (f" {html.escape(spec.note)}." if spec.note else ""))
 
 
 def build_app(store: ModelStore, default_model: str = TOY_MODEL) -> gr.Blocks:
@@ -156,7 +157,7 @@ def build_app(store: ModelStore, default_model: str = TOY_MODEL) -> gr.Blocks:
                                  label="gate step (= steps: nothing gated, the stock image)", scale=3)
                 run = gr.Button("Run stock and TGATE", variant="primary", elem_id="run", scale=1)
             with gr.Row():
-                image_box = functools.partial(gr.Image, format="png", type="pil", interactive=False, height=300)
+                image_box = functools.partial(gr.Image, format="png", type="pil", interactive=False, height=280)
                 stock_image = image_box(label="stock", elem_id="stock-image")
                 tgate_image = image_box(label="TGATE", elem_id="tgate-image")
                 diff_image = image_box(label="|stock - TGATE|", elem_id="diff-image")
