@@ -167,18 +167,19 @@ def build_app(store: ModelStore, default_model: str = TOY_MODEL) -> gr.Blocks:
                 gates = gr.Textbox("1, 3, 5, 10, 15", label="gates to sweep (stock runs first)", scale=3)
                 run_sweep = gr.Button("Sweep the gate", variant="primary", elem_id="sweep", scale=1)
             strip = gr.Gallery(label="stock, then TGATE at each gate", columns=6, format="png",
-                               height="auto", elem_id="strip")
+                               height=250, elem_id="strip")
             table = gr.Markdown()
 
         run.click(page_errors(compare), [model, gate, *values], [stock_image, tgate_image, diff_image, summary],
                   api_name="compare")
         run_sweep.click(page_errors(sweep), [model, gates, *values], [strip, table], api_name="sweep")
         narrow_gate = dict(fn=lambda s, g: gr.update(maximum=int(s), value=min(int(g), int(s))), inputs=[steps, gate],
-                           outputs=gate, api_visibility="private")
+                           outputs=gate, api_visibility="private", queue=False)
         steps.change(**narrow_gate)
         app.load(**narrow_gate)
         model.change(model_changed, model, [note, prompt, steps, gate, seed, guidance, sp_interval, fi_interval,
-                                            warm_up, deepcache_interval, deepcache_branch], api_visibility="private")
+                                            warm_up, deepcache_interval, deepcache_branch], api_visibility="private",
+                     queue=False)
     return app
 
 

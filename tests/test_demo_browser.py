@@ -40,13 +40,15 @@ def browser():
 
 def test_the_page_shows_stock_and_tgate_side_by_side_after_one_click(browser, demo_url):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as seen
     from selenium.webdriver.support.ui import WebDriverWait
 
     wait = WebDriverWait(browser, WAIT_S)
     browser.get(demo_url)
     prompt = wait.until(seen.element_to_be_clickable((By.CSS_SELECTOR, "#prompt textarea")))
-    prompt.clear()
+    prompt.send_keys(Keys.CONTROL, "a")  # as a user would: the page's own input events follow each key
+    prompt.send_keys(Keys.DELETE)
     prompt.send_keys("a handwritten digit three")
     browser.find_element(By.CSS_SELECTOR, "#run").click()
 
