@@ -21,6 +21,7 @@ V2_FIELDS = ("sp_interval", "fi_interval", "warm_up")
 DEEPCACHE_FIELDS = ("deepcache_interval", "deepcache_branch")
 FLAG_FIELDS = ("gate_step", *V2_FIELDS, *DEEPCACHE_FIELDS)  # TgateSchedule's fields, the pipeline's keywords
 DESTS = {"gate_step": "gate"}  # the argparse name of a field where it differs (the flag is --gate)
+PAPER_SETTING = "the model's paper setting"
 MINIMUM = {"sp_interval": 1, "fi_interval": 1, "warm_up": 0, "deepcache_interval": 1, "deepcache_branch": 0}
 
 
@@ -53,7 +54,7 @@ def add_schedule_args(parser: argparse.ArgumentParser, spec: ModelSpec | None = 
     if gate:
         parser.add_argument("--gate", type=int, metavar="N", help="gate step: guided steps before cross-attention "
                             "is cached and guidance dropped; >= --steps gates no step "
-                            f"({default('gate_step', 'the model paper setting')}){gate_help}")
+                            f"({default('gate_step', PAPER_SETTING)}){gate_help}")
     if v2:
         group = parser.add_argument_group("TGATE-V2", "self-attention caching; sp = fi = 1 is v1 (self-attention "
                                           "computed at every step)" + v2_help)
