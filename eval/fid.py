@@ -5,6 +5,10 @@ shared among `accelerate launch` processes; reference statistics of the matching
 the Fréchet distance of Inception features; OUT/result.json. The two seams a new benchmark plugs into:
 the caption source (eval/fid_data.py: captions and reference images) and the feature extractor
 (eval/fid_features.py: features and the name of the distance).
+
+Files: this command is over 400 lines because resuming a run across processes (run.json checks, shared
+captions, per-process timing) is one piece with its flags; generation is in eval/fid_generate.py, the toy
+benchmark's captions and features in eval/fid_toy.py.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repositor
 
 from common.schedule import TgateSchedule  # noqa: E402
 from common.settings import add_schedule_args, schedule_argv, schedule_from_args  # noqa: E402
+from eval.timing import add_timing_args, check_timing_args  # noqa: E402
 
 # (registry model, image side in pixels): the paper's resolutions
 BENCHMARKS = (("sd15", 512), ("sdxl", 1024))
@@ -52,15 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     passes = parser.add_mutually_exclusive_group()
     passes.add_argument("--no-compile", action="store_true", help="eager only")
     passes.add_argument("--compile-only", action="store_true", help="torch.compile'd only")
-    parser.add_argument("--compile-mode", default="default", help="torch.compile mode (default: default)")
-    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default: inductor)")
+    add_timing_args(parser)
     parser.add_argument("--batch-sizes", type=int, nargs="+", metavar="B",
                         help="also each variant's peak memory at these images per prompt (default: batch 1 only, "
                         "from the timed runs)")
-    parser.add_argument("--repeats", type=int, default=3, metavar="K",
-                        help="timed runs of each variant per model (default: 3)")
-    parser.add_argument("--warmup", type=int, default=1, metavar="W",
-                        help="untimed runs of each variant first (default: 1)")
     parser.add_argument("--device", default="cuda", help="torch device (default: cuda; cpu only with --tiny, to test "
                         "this script)")
     parser.add_argument("--out", type=Path, default=Path("gpu_bench.json"), metavar="PATH",
@@ -75,10 +71,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("this is the GPU benchmark: --device cpu only with --tiny (eval/latency.py times the CPU)")
     try:
         schedule = schedule_from_args(args, DEFAULTS)
+        check_timing_args(args)
     except ValueError as error:
         parser.error(str(error))
 
-    import torch  # before diffusers, whose import takes seconds: no CUDA fails at once
+    import torch  # loaded with common/ by the parser: no CUDA fails before any model is built
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("error: no CUDA GPU is visible to torch (torch.cuda.is_available() is False); this benchmark needs "

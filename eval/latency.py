@@ -20,6 +20,12 @@ alike; the report gives the median over the rounds and the spread (min, max).
 Weights: the checkpoint of the registry model (the Hugging Face cache or a local folder), or with
 ``--random-weights`` the full real architecture built from ``common/model_configs`` with random weights
 (latency does not depend on weight values), or with ``--tiny`` the tiny components of the tests (smoke runs).
+
+The parts (``python eval/latency.py`` is this command only): ``eval/latency_variants.py`` (the pipeline and the
+variants, each a ``TgateSchedule``), ``eval/timing.py`` (clocks, interleaving, memory probes, shared with
+``eval/gpu_bench.py``), ``eval/latency_memory.py`` (the CPU's fresh-process memory probe),
+``eval/official_tgate.py`` (the official package's adapter), ``eval/latency_report.py`` (the screen report);
+MACs from ``common/step_macs.py``, random weights from ``common/builders.py``.
 """
 
 from __future__ import annotations
@@ -47,7 +53,9 @@ from eval.latency_variants import (  # noqa: E402
     variant_macs, variant_table,
 )
 from eval.official_tgate import OfficialPackageError, official_variant  # noqa: E402
-from eval.timing import LoopClock, Timing, cuda_peak_memory, load_average, time_interleaved  # noqa: E402
+from eval.timing import (  # noqa: E402
+    LoopClock, Timing, add_timing_args, check_timing_args, cuda_peak_memory, load_average, time_interleaved,
+)
 
 JSON_KEYS = ("model", "device", "steps", "gate", "sp_interval", "fi_interval", "warm_up", "resolution", "baseline_s",
              "tgate_s", "speedup")
@@ -198,10 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resolution", type=int, metavar="PIXELS",
                         help="image side in pixels (default: the model's native size, e.g. 512 for SD-1.5, "
                         "1024 for SDXL; with --tiny the tiny model's)")
-    parser.add_argument("--repeats", type=int, default=3, metavar="K",
-                        help="timed runs of each variant, interleaved (default: 3); the median is reported")
-    parser.add_argument("--warmup", type=int, default=1, metavar="W",
-                        help="untimed runs of each variant first (default: 1)")
+    add_timing_args(parser)
     parser.add_argument("--seed", type=int, metavar="N", help="seed of the initial noise (default: the model's)")
     parser.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
                         help="weights dtype; auto (default) = float16 on CUDA, float32 on CPU")
@@ -219,10 +224,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the denoiser, stock and TGATE alike (one compiled module shared); "
                         "warm-up runs (>= 1) compile every variant's graphs and are not timed")
-    parser.add_argument("--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune"],
-                        help="torch.compile mode (default: default; reduce-overhead uses CUDA graphs, CUDA only)")
-    parser.add_argument("--compile-backend", default="inductor",
-                        help="torch.compile backend (default: inductor; eager for quick checks of the code path)")
     parser.add_argument("--memory-probe", metavar="VARIANT", help=argparse.SUPPRESS)
     parser.add_argument("--memory-batch", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--no-official", dest="official", action="store_false",
@@ -242,10 +243,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if args.steps is not None and args.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {args.steps}")
         args.schedule = schedule_from_args(args, model_schedule(spec), spec)
-        if args.repeats < 1:
-            raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
-        if args.warmup < 0:
-            raise ValueError(f"--warmup must be >= 0, got {args.warmup}")
+        check_timing_args(args)
         for batch in args.batch_sizes or ():
             check_int("--batch-sizes", batch, 1)
         if args.compile and args.warmup < 1:

@@ -20,6 +20,10 @@ unconditional one; this is the denoiser input TGATE itself keeps after its gate,
 family-specific encoding. Pipelines without a guidance branch (LCM) get the empty prompt's text instead.
 Text is switched at the denoiser's inputs and x0 is read at ``scheduler.step``: no pipeline code is copied,
 so every family (SD, SDXL, PixArt, LCM) and any registry model with a TGATE pipeline works.
+
+Files: this command (settings, the three runs, the outputs) is over 400 lines because its three parts share
+one loaded pipeline and one run record; the probes of the runs are in ``eval/observation_probes.py``, the
+figures in ``eval/observation_plots.py``.
 """
 
 from __future__ import annotations

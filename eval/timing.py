@@ -12,6 +12,7 @@ Every clock reading goes through this module's ``perf_counter``, so a test can g
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import gc
 import os
@@ -26,6 +27,26 @@ import torch
 from tqdm import tqdm
 
 from common.cli import synchronize
+
+
+def add_timing_args(parser: argparse.ArgumentParser) -> None:
+    """The flags of every timed benchmark (eval/latency.py, eval/gpu_bench.py): rounds and torch.compile."""
+    parser.add_argument("--repeats", type=int, default=3, metavar="K",
+                        help="timed runs of each variant, interleaved (default: 3); the median is reported")
+    parser.add_argument("--warmup", type=int, default=1, metavar="W",
+                        help="untimed runs of each variant first (default: 1)")
+    parser.add_argument("--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune"],
+                        help="torch.compile mode (default: default; reduce-overhead uses CUDA graphs, CUDA only)")
+    parser.add_argument("--compile-backend", default="inductor",
+                        help="torch.compile backend (default: inductor; eager for quick checks of the code path)")
+
+
+def check_timing_args(args: argparse.Namespace) -> None:
+    """A ``ValueError`` in the flags' words for rounds that cannot be run."""
+    if args.repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
+    if args.warmup < 0:
+        raise ValueError(f"--warmup must be >= 0, got {args.warmup}")
 
 
 @dataclass(frozen=True)
