@@ -22,6 +22,7 @@ DEEPCACHE_FIELDS = ("deepcache_interval", "deepcache_branch")
 FLAG_FIELDS = ("gate_step", *V2_FIELDS, *DEEPCACHE_FIELDS)  # TgateSchedule's fields, the pipeline's keywords
 DESTS = {"gate_step": "gate"}  # the argparse name of a field where it differs (the flag is --gate)
 PAPER_SETTING = "the model's paper setting"
+MODELS_OWN = "the model's"
 MINIMUM = {"sp_interval": 1, "fi_interval": 1, "warm_up": 0, "deepcache_interval": 1, "deepcache_branch": 0}
 
 
@@ -61,11 +62,11 @@ def add_schedule_args(parser: argparse.ArgumentParser, spec: ModelSpec | None = 
         group.add_argument("--sp-interval", type=int, metavar="N", help="before the gate, self-attention is "
                            "computed and cached every N steps after the warm-up and returns its cache in between; 1 = "
                            "every step, v1. Above 1, even a gate >= --steps is not stock "
-                           f"({default('sp_interval', 'the model setting: 1, or 3 for pixart_sigma')})")
+                           f"({default('sp_interval', MODELS_OWN + ': 1, or 3 for pixart_sigma')})")
         group.add_argument("--fi-interval", type=int, metavar="N", help="after the gate, self-attention is computed "
-                           f"and cached every N steps; 1 = every step ({default('fi_interval', 'the model setting, 1')})")
+                           f"and cached every N steps; 1 = every step ({default('fi_interval', MODELS_OWN + ', 1')})")
         group.add_argument("--warm-up", type=int, metavar="N", help="the first N steps compute self-attention "
-                           f"without caching it ({default('warm_up', 'the model setting: 0, or 2 for pixart_sigma')})")
+                           f"without caching it ({default('warm_up', MODELS_OWN + ': 0, or 2 for pixart_sigma')})")
     if deepcache:
         unets = ", ".join(key for key, model in MODELS.items() if model.denoiser == "unet" and key != "toy")
         group = parser.add_argument_group("DeepCache", f"UNet models only ({unets}): the UNet runs in full every N "
