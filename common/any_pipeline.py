@@ -16,11 +16,16 @@ running stock (or wrong) silently:
   cross-attention (checked on the components, by :func:`tgate_pipeline` and at every call);
 - a sampling loop on the pipeline's progress bar (``self.progress_bar(`` in ``__call__``): TGATE counts the
   gate's steps there;
-- a guidance batch it understands: the pipeline reports its guidance (a ``do_classifier_free_guidance``
-  property, or a ``guidance_scale`` parameter) and, where it guides, runs both branches in one denoiser call on
-  the batch ``[negative, positive]`` and splits the prediction with ``.chunk(2)``. Pipelines that run the two
-  branches as two denoiser calls (Wan, Flux's true CFG, QwenImage, ...), three branches (InstructPix2Pix,
-  perturbed-attention guidance) or extra denoiser passes (self-attention guidance, ...) are refused.
+- a guidance it understands, checked on the tensors at the first guided evaluation
+  (:func:`common.branches.guidance_layout`): one denoiser call per step on the batch ``[negative, positive]``
+  (SD, SDXL, PixArt, HunyuanDiT, LTX-Video, Sana, ...), or one call per branch, conditional first, with a
+  ``do_classifier_free_guidance`` property read every step (Wan, SkyReels-V2: after the gate the second call
+  goes away). A positive-first batch or a third branch is refused then; so are, up front, perturbed-attention
+  guidance (PAG) and pipelines that call their denoiser in several places (extra guidance or correction passes).
+- a denoiser whose per-sample inputs it knows (:data:`common.branches.PER_SAMPLE_INPUTS`).
+
+Joint-attention models (SD3, Flux, CogVideoX, HunyuanVideo, QwenImage, ...) attend to text and image tokens in one
+attention: there is no cross-attention to cache, and :func:`tgate_pipeline` refuses them.
 
 ControlNet pipelines keep :class:`~common.controlnet.ControlNetGuard`'s refusal of guess mode under guidance.
 A class built here is registered with diffusers like the repository's own (``diffusers.Tgate<Name>``, the
@@ -40,7 +45,7 @@ from diffusers import DiffusionPipeline
 from diffusers.pipelines.pag.pag_utils import PAGMixin
 
 from .controlnet import ControlNetGuard
-from .gate import cross_attention_modules
+from .gate import cross_attention_modules, no_cross_attention_reason
 from .pipeline import TgateMixin
 
 __all__ = ["check_gateable_class", "check_gateable_pipeline", "tgate_class", "tgate_pipeline"]
@@ -53,6 +58,10 @@ FAMILY_MODULES = (
     "PixArt_sigma.pipeline",
     "AnimateDiff.pipeline",
     "SVD.pipeline",
+    "Wan.pipeline",
+    "LTX_Video.pipeline",
+    "Sana.pipeline",
+    "HunyuanDiT.pipeline",
 )
 DENOISER_NAMES = ("unet", "transformer")
 
@@ -121,12 +130,6 @@ def check_gateable_class(pipeline_class: Any) -> None:
             f"TGATE cannot gate {name}: its __call__ calls its denoiser in {denoiser_calls} places (extra guidance "
             "or correction passes), so TGATE cannot tell which call runs the guidance batch of a step."
         )
-    if not re.search(r"\.chunk\(\s*2\s*\)", source):
-        raise ValueError(
-            f"TGATE cannot gate {name}: its __call__ does not run classifier-free guidance as one denoiser call "
-            "on the batch [negative, positive] split with .chunk(2) (it calls the denoiser once per branch, or "
-            "on more than two branches), so TGATE cannot cut the guidance batch after the gate."
-        )
 
 
 def tgate_class(pipeline_class: type) -> type:
@@ -157,11 +160,7 @@ def check_gateable_pipeline(pipe: Any) -> None:
     if denoiser is None:
         raise ValueError(f"TGATE cannot gate this {type(pipe).__name__}: it has no 'unet' or 'transformer'.")
     if not cross_attention_modules(denoiser):
-        raise ValueError(
-            f"TGATE cannot gate this {type(pipe).__name__}: its denoiser {type(denoiser).__name__} has no "
-            "cross-attention module (no attention with is_cross_attention; joint-attention transformers such as "
-            "SD3's and Flux's mix text and image in self-attention), so there is nothing for the gate to cache."
-        )
+        raise ValueError(f"TGATE cannot gate this {type(pipe).__name__}: {no_cross_attention_reason(denoiser)}")
 
 
 def tgate_pipeline(pipe: DiffusionPipeline, **kwargs) -> DiffusionPipeline:

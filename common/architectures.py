@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from diffusers import PixArtTransformer2DModel, UNet2DConditionModel
 
+from .dit_architectures import DIT_CLASSES, dit_denoiser_inputs, is_dit, size_multiple
 from .models import ModelSpec
 
 # Every VAE of the table downsamples images 8x (four levels: 2 ** 3) into latents.
@@ -41,6 +42,7 @@ DENOISER_CLASSES = {
     "UNet2DConditionModel": UNet2DConditionModel,
     "Transformer2DModel": PixArtTransformer2DModel,
     "PixArtTransformer2DModel": PixArtTransformer2DModel,
+    **DIT_CLASSES,  # Wan, LTX-Video, Sana, HunyuanDiT: see dit_architectures
 }
 
 
@@ -124,6 +126,8 @@ def text_tokens(spec: ModelSpec) -> int | None:
 
 def latent_multiple(denoiser: torch.nn.Module, vae_factor: int = VAE_SCALE_FACTOR) -> int:
     """Image sizes must be multiples of this: the VAE factor, times the patch size of a transformer."""
+    if is_dit(denoiser):  # these families' VAE factors are their own (dit_architectures)
+        return size_multiple(denoiser)
     patch = denoiser.config.patch_size if isinstance(denoiser, PixArtTransformer2DModel) else 1
     return vae_factor * patch
 
@@ -145,6 +149,9 @@ def denoiser_inputs(
     ``tokens`` is the text length (default: 120 T5 tokens for a PixArt transformer, 77 CLIP tokens for a UNet;
     ``text_tokens(spec)`` gives a pipeline's own).
     """
+    if is_dit(denoiser):  # square images; videos of the spec's frames: dit_architectures.dit_denoiser_inputs
+        return dit_denoiser_inputs(denoiser, batch, resolution, resolution, device=device, dtype=dtype,
+                                   generator=generator)
     parameter = next(denoiser.parameters())
     device = parameter.device if device is None else torch.device(device)
     dtype = parameter.dtype if dtype is None else dtype

@@ -208,6 +208,9 @@ def generate_main(models: str | dict[str, str], argv: Sequence[str] | None = Non
 
     prompt = spec.prompt if args.prompt is None else args.prompt  # --prompt "" is an empty prompt
     call = dict(prompt=prompt, num_inference_steps=steps, guidance_scale=guidance, **task_call)
+    call.update(spec.call_kwargs)  # the model card's other defaults (dit_models.py)
+    if args.tiny:
+        call.update(spec.tiny_call)  # sizes the tiny components take (Sana, HunyuanDiT: no resolution binning)
     if args.negative_prompt is not None:  # else the pipeline's own default: PixArt's is "", and None breaks it
         call["negative_prompt"] = args.negative_prompt
     out.parent.mkdir(exist_ok=True)

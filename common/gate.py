@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import functools
+import logging
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -38,6 +40,7 @@ from diffusers.models.attention import AttentionModuleMixin
 from diffusers.models.attention_processor import Attention
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 
+from .branches import TWO_CALLS, BranchCut, branch_cut, guidance_layout
 from .schedule import CACHE, COMPUTE, REUSE, StepPlan, TgateSchedule, check_gate_step
 
 __all__ = [
@@ -55,6 +58,7 @@ __all__ = [
 _ATTENTION_HOOK = "tgate_attention"
 _DEEPCACHE_HOOK = "tgate_deepcache"
 _ACTIVE_CALL: contextvars.ContextVar["TgateCall | None"] = contextvars.ContextVar("tgate_call", default=None)
+logger = logging.getLogger("tgate")
 
 
 @dataclass(eq=False)
@@ -63,6 +67,7 @@ class TgateCall:
 
     schedule: TgateSchedule
     guided: Callable[[], bool]  # the pipeline's guidance state now (callbacks may end guidance mid-run)
+    pipeline_class: type | None = None  # whose inputs keep the positive branch (see common.branches)
     step: int = 0  # the pipeline's step in progress: its progress-bar count
     follows_loop: bool = False  # set once the sampling loop's progress bar is followed
     plan: StepPlan | None = None  # the plan of the denoiser evaluation in progress
@@ -71,22 +76,58 @@ class TgateCall:
     # Every hook's cache key, present in ``caches`` from the start (value None): torch.compile guards on the
     # dict's size where hooks write to it, so a size that never changes keeps one graph per kind of step.
     cache_keys: tuple = ()
+    # How often each hooked module has run in the evaluation in progress: a module called more than once per
+    # evaluation (FreeNoise's windows, a tiled denoiser) keeps one cache per call, in order.
+    visits: dict[Any, int] = field(default_factory=dict)
+    cuts: dict[int, BranchCut] = field(default_factory=dict)  # per denoiser (id): how its batch is cut
+    text_states: list[tuple] = field(default_factory=list)  # what the pipeline's encode_prompt returned
+    layout: str | None = None  # batched or two calls per step: checked on the first guided evaluation's tensors
+    evaluation_in_step: int = 0  # denoiser evaluations of this step before the one in progress
+    _evaluated_step: int = -1
+    # Per denoiser (id): the step whose evaluation cached its cross-attention. A denoiser that first runs after
+    # the gate (Wan 2.2's second expert) has no cache: its first step runs as step gate - 1 does, to fill it.
+    cached_at: dict[int, int] = field(default_factory=dict)
 
-    def begin_evaluation(self) -> StepPlan:
-        """Called as the denoiser starts: fix the plan and guidance of this evaluation for every hook."""
+    @property
+    def two_calls(self) -> bool:
+        """Whether the pipeline guides with one denoiser call per branch (Wan) instead of one batch."""
+        return self.layout == TWO_CALLS
+
+    def drops_guidance_call(self) -> bool:
+        """For a two-call pipeline, read after the step's first (conditional) call: skip the second one."""
+        return self.two_calls and self.plan is not None and self.plan.single_branch
+
+    def begin_evaluation(self, denoiser: int = 0) -> StepPlan:
+        """Called as the denoiser (its id) starts: fix the plan and guidance of this evaluation for every hook."""
         if not self.follows_loop:
             raise RuntimeError(
                 "TGATE cannot see this pipeline's sampling loop (it counts steps on the pipeline's progress bar, "
                 "which was never opened), so it cannot tell where the gate is. Gate a pipeline class built with "
                 "common.pipeline.TgateMixin, or call the stock pipeline without gate_step."
             )
-        self.plan = self.schedule.plan(self.step)
-        self.guided_now = self.guided()
-        return self.plan
+        if self.step != self._evaluated_step:
+            self._evaluated_step, self.evaluation_in_step = self.step, 0
+        else:
+            self.evaluation_in_step += 1
+        plan = self.schedule.plan(self.step)
+        if plan.cross_attention == REUSE and self.cached_at.get(denoiser, self.step) == self.step:
+            plan = dataclasses.replace(self.schedule.plan(self.schedule.gate_step - 1), deepcache=plan.deepcache)
+        if plan.cross_attention == CACHE:
+            self.cached_at[denoiser] = self.step
+        self.plan, self.guided_now, self.visits = plan, self.guided(), {}
+        return plan
+
+    def visit(self, key: Any) -> int:
+        """The call site of a hooked module in this evaluation: 0 for its first call, 1 for its second, ..."""
+        site = self.visits.get(key, 0)
+        self.visits[key] = site + 1
+        return site
 
     def follow(self, progress_bar: Any) -> Any:
         """Count steps on the sampling loop's progress bar (``total=`` or iterable form); a new bar restarts."""
         self.step, self.follows_loop, self.caches = 0, True, dict.fromkeys(self.cache_keys)
+        self._evaluated_step, self.cached_at = -1, {}
+        self._warn_if_gate_unreached(progress_bar)
         if getattr(progress_bar, "iterable", None) is None:
             update = progress_bar.update
 
@@ -97,6 +138,17 @@ class TgateCall:
             progress_bar.update = update_and_advance
             return progress_bar
         return self._advancing(progress_bar)
+
+    def _warn_if_gate_unreached(self, progress_bar: Any) -> None:
+        steps, gate = getattr(progress_bar, "total", None), self.schedule.gate_step
+        if gate is None or steps is None or gate < steps:
+            return
+        also = "" if self.schedule.is_v1 else " (TGATE-V2's self-attention caching before the gate still applies)"
+        logger.warning(
+            f"gate_step={gate} is never reached: this call runs {steps} steps (the pipeline's own count, after "
+            f"strength or denoising_end), so no step after the gate reuses the cache and guidance is never "
+            f"dropped{also}. Use a gate_step below {steps} to accelerate this call."
+        )
 
     def _advancing(self, progress_bar: Iterable) -> Iterator:
         for index, item in enumerate(progress_bar):
@@ -116,11 +168,14 @@ def merge_guidance_halves(output: torch.Tensor) -> torch.Tensor:
 
 
 class AttentionGateHook(ModelHook):
-    """Makes one attention module compute, cache or reuse its output as the active call's plan says."""
+    """Makes one attention module compute, cache or reuse its output as the active call's plan says.
 
-    def __init__(self, key: int, cross: bool) -> None:
+    A module called more than once per denoiser evaluation keeps one cache per call, in order.
+    """
+
+    def __init__(self, key: int, cross: bool, name: str) -> None:
         super().__init__()
-        self.key, self.cross = key, cross
+        self.key, self.cross, self.name = key, cross, name
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs) -> torch.Tensor:
         call = _ACTIVE_CALL.get()
@@ -128,24 +183,47 @@ class AttentionGateHook(ModelHook):
             return self.fn_ref.original_forward(*args, **kwargs)
         plan = call.plan
         action = plan.cross_attention if self.cross else plan.self_attention
+        if action == COMPUTE:
+            return self.fn_ref.original_forward(*args, **kwargs)
+        site = call.visit(self.key)
         if action == REUSE:
-            cache = call.caches.get(self.key)
+            caches = call.caches.get(self.key) or ()
+            cache = caches[site] if site < len(caches) else None
             # Self-attention caches from guided steps do not fit a single-branch batch (guidance ended by a
             # callback before a cache refresh): compute then, as the official schedule would have to.
             if cache is not None and (self.cross or cache.shape[0] == _batch_size(args, kwargs)):
                 return cache
             if self.cross:
-                raise RuntimeError(
-                    f"TGATE reached step {call.step} without a cached cross-attention output; "
-                    f"the step {call.schedule.gate_step - 1} before the gate never ran."
-                )
+                raise RuntimeError(self._missing_cache(call, site, len(caches)))
             action = CACHE
         output = self.fn_ref.original_forward(*args, **kwargs)
-        if action == CACHE:
-            if not torch.is_tensor(output):
-                raise TypeError(f"TGATE caches tensor outputs of attention, got {type(output).__name__}.")
-            call.caches[self.key] = merge_guidance_halves(output) if plan.merge_halves and call.guided_now else output
+        if not torch.is_tensor(output):
+            raise TypeError(f"TGATE caches tensor outputs of attention, got {type(output).__name__}.")
+        merging = plan.merge_halves and call.guided_now
+        if merging and call.two_calls and call.evaluation_in_step % 2:
+            # The step's second call (the unconditional branch): the mean with the first call's output.
+            cached = call.caches[self.key]
+            call.caches[self.key] = (*cached[:site], (cached[site] + output) / 2, *cached[site + 1 :])
+        else:
+            kept = merge_guidance_halves(output) if merging and not call.two_calls else output
+            # The first call site starts the module's caches afresh (read nothing: a compiled block guards less).
+            call.caches[self.key] = (*call.caches[self.key][:site], kept) if site else (kept,)
         return output
+
+    def _missing_cache(self, call: TgateCall, site: int, cached_sites: int) -> str:
+        gate = call.schedule.gate_step
+        if cached_sites:
+            return (
+                f"TGATE: {self.name} ran {site + 1} times in one denoiser evaluation at step {call.step}, but only "
+                f"{cached_sites} times at step {gate - 1}, where its outputs were cached: the pipeline calls it "
+                "differently after the gate, so TGATE cannot reuse its cache."
+            )
+        return (
+            f"TGATE reached step {call.step} without a cached output of the cross-attention module {self.name}: it "
+            f"did not run at step {gate - 1}, the step before the gate. Another cache method that skips blocks "
+            "(FirstBlockCache, MagCache, TaylorSeer, PyramidAttentionBroadcast, DeepCache) probably skipped it "
+            "there: TGATE needs every cross-attention module to run at the step before the gate."
+        )
 
 
 def _batch_size(args: tuple, kwargs: dict) -> int:
@@ -180,58 +258,19 @@ class DeepCacheHook(ModelHook):
         return output
 
 
-def _denoiser_forward(original: Callable, *args, **kwargs) -> Any:
+def _denoiser_forward(original: Callable, key: int, *args, **kwargs) -> Any:
     """The denoiser's forward while TGATE hooks are installed: plan the evaluation, cut guidance after the gate."""
     call = _ACTIVE_CALL.get()
     if call is None:
         return original(*args, **kwargs)
-    plan = call.begin_evaluation()
-    if not (plan.single_branch and call.guided_now):
+    plan = call.begin_evaluation(key)
+    if call.guided_now and call.layout is None:
+        call.layout = guidance_layout(call.cuts[key], args, kwargs, call.text_states)
+    # Two calls per step: after the gate the pipeline makes one (TgateMixin's do_classifier_free_guidance).
+    if not (plan.single_branch and call.guided_now) or call.two_calls:
         return original(*args, **kwargs)
-    batch = _first_tensor((args, kwargs)).shape[0]
-    if batch % 2:
-        raise RuntimeError(
-            f"the pipeline says guidance is on, so its denoiser batch [negative, positive] must have an even "
-            f"size, but the denoiser got {batch} samples: TGATE cannot tell the two branches apart."
-        )
-    # diffusers orders guidance batches [negative x B, positive x B]: keep the negative half. An input repeated
-    # per sample after the guidance concatenation (AnimateDiff's text, one copy per frame: 2B x frames) has a
-    # multiple of the batch as its first dimension and the same order, so its first half is the negative one.
-    take_first_half = _on_batch_tensors(batch, lambda t: t[: t.shape[0] // 2], multiples=True)
-    output = original(*take_first_half(args), **take_first_half(kwargs))
-    # Both halves equal: the pipeline's guidance formula then returns this prediction as is.
-    return _on_batch_tensors(batch // 2, lambda t: torch.cat([t, t]))(output)
-
-
-def _first_tensor(tree: Any) -> torch.Tensor:
-    if torch.is_tensor(tree):
-        return tree
-    values = tree.values() if isinstance(tree, dict) else tree if isinstance(tree, (list, tuple)) else ()
-    for value in values:
-        with contextlib.suppress(LookupError):
-            return _first_tensor(value)
-    raise LookupError("no tensor among the denoiser's inputs")
-
-
-def _on_batch_tensors(
-    batch: int, fn: Callable[[torch.Tensor], torch.Tensor], multiples: bool = False
-) -> Callable[[Any], Any]:
-    """Map ``fn`` over every tensor in a nest of dicts/lists/tuples whose first dimension is ``batch`` (or, with
-    ``multiples``, a multiple of it)."""
-
-    def matches(size: int) -> bool:
-        return size == batch or (multiples and size > batch and size % batch == 0)
-
-    def apply(tree: Any) -> Any:
-        if torch.is_tensor(tree):
-            return fn(tree) if tree.ndim > 0 and matches(tree.shape[0]) else tree
-        if isinstance(tree, dict):  # also diffusers' BaseOutput, an OrderedDict
-            return type(tree)(**{key: apply(value) for key, value in tree.items()})
-        if isinstance(tree, (list, tuple)):
-            return type(tree)(apply(value) for value in tree)
-        return tree
-
-    return apply
+    cut = call.cuts[key]
+    return cut.for_both_branches(original(**cut.keep_one_branch(args, kwargs)))
 
 
 def _attention_modules(denoiser: torch.nn.Module) -> Iterator[tuple[str, torch.nn.Module]]:
@@ -240,17 +279,45 @@ def _attention_modules(denoiser: torch.nn.Module) -> Iterator[tuple[str, torch.n
             yield name, module
 
 
+def is_added_kv_attention(module: torch.nn.Module) -> bool:
+    """Added-KV attention (``AttnAddedKVProcessor``: DeepFloyd IF, Kandinsky 2.x, UnCLIP): the text keys join the
+    image's own keys in one softmax and the residual is added inside the processor, so its output is not a
+    cross-attention output that can be cached alone."""
+    return isinstance(module, Attention) and getattr(module, "added_kv_proj_dim", None) is not None
+
+
 def cross_attention_modules(denoiser: torch.nn.Module) -> list[torch.nn.Module]:
-    """Every cross-attention module of a denoiser (the ``attn2`` of each transformer block)."""
-    return [module for _, module in _attention_modules(denoiser) if getattr(module, "is_cross_attention", False)]
+    """Every true cross-attention module of a denoiser (keys and values from the condition alone: the ``attn2``
+    of each transformer block); added-KV attention is not one (:func:`is_added_kv_attention`)."""
+    return [module for _, module in named_cross_attention_modules(denoiser)]
+
+
+# Attention classes that do not say whether they attend to the condition (no ``is_cross_attention``), with the
+# name their cross-attention has in a block: LTX-Video's text enters through each block's attn2.
+_CROSS_ATTENTION_BY_NAME = {"LTXAttention": "attn2"}
+
+
+def _is_cross_attention(name: str, module: torch.nn.Module) -> bool:
+    said = getattr(module, "is_cross_attention", None)
+    if said is None:
+        return name.rpartition(".")[2] == _CROSS_ATTENTION_BY_NAME.get(type(module).__name__)
+    return bool(said) and not is_added_kv_attention(module)
+
+
+def named_cross_attention_modules(denoiser: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    return [(name, module) for name, module in _attention_modules(denoiser) if _is_cross_attention(name, module)]
 
 
 def self_attention_modules(denoiser: torch.nn.Module) -> list[torch.nn.Module]:
     """Every self-attention module of a transformer block (its ``attn1``): what TGATE-V2 caches."""
+    return [module for _, module in _named_self_attention_modules(denoiser)]
+
+
+def _named_self_attention_modules(denoiser: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
     return [
-        module
+        (name, module)
         for name, module in _attention_modules(denoiser)
-        if name.rpartition(".")[2] == "attn1" and not getattr(module, "is_cross_attention", False)
+        if name.rpartition(".")[2] == "attn1" and not _is_cross_attention(name, module)
     ]
 
 
@@ -348,39 +415,103 @@ def deepcache_modules(denoiser: torch.nn.Module) -> list[tuple[torch.nn.Module, 
     return modules
 
 
+def no_cross_attention_reason(denoiser: torch.nn.Module) -> str:
+    """Why ``denoiser`` has nothing for TGATE to cache (for an error message)."""
+    name = type(getattr(denoiser, "_orig_mod", denoiser)).__name__
+    if any(is_added_kv_attention(module) for _, module in _attention_modules(denoiser)):
+        return (
+            f"{name}'s text enters through added-KV attention (AttnAddedKVProcessor: DeepFloyd IF, Kandinsky 2.x, "
+            "UnCLIP), which attends to the text and the image's own tokens in one softmax and adds the residual "
+            "inside: there is no cross-attention output to cache alone, so TGATE does not apply."
+        )
+    return (
+        f"{name} has no cross-attention module (joint-attention transformers such as SD3's, Flux's, CogVideoX's "
+        "and HunyuanVideo's attend to text and image tokens in one self-attention), so there is nothing to cache."
+    )
+
+
+# Hook groups: cross-attention (every TGATE call), self-attention (TGATE-V2 calls) and DeepCache's deep blocks.
+CROSS, SELF, DEEP = "cross", "self", "deep"
+
+
+def hook_groups(schedule: TgateSchedule) -> tuple[str, ...]:
+    """The hooks a call with ``schedule`` needs: the others would only pass through."""
+    groups = [] if schedule.gate_step is None else [CROSS]
+    if not schedule.is_v1:
+        groups.append(SELF)
+    if schedule.uses_deepcache:
+        groups.append(DEEP)
+    return tuple(groups)
+
+
 class _Installation:
-    """TGATE's hooks on one denoiser, shared by the calls running on it; removed when the last one ends."""
+    """TGATE's hooks on one denoiser, shared by the calls running on it: the denoiser's forward wrapper while
+    any call runs, and each group of module hooks while a call that needs it runs."""
 
     def __init__(self, denoiser: torch.nn.Module) -> None:
         self.denoiser, self.users = denoiser, 0
-        self.modules = [(m, True) for m in cross_attention_modules(denoiser)]
-        self.modules += [(m, False) for m in self_attention_modules(denoiser)]
-        if not any(cross for _, cross in self.modules):
-            raise ValueError(f"{type(denoiser).__name__} has no cross-attention module for TGATE to gate.")
-        self.deep_modules = deepcache_modules(denoiser)  # empty unless a UNet: they pass through without DeepCache
+        self.group_users = {CROSS: 0, SELF: 0, DEEP: 0}
+        self.hooked: dict[str, list[_InstalledHook]] = {}
 
-    def install(self) -> None:
+    def _hooks(self, group: str) -> list[tuple[torch.nn.Module, ModelHook, str]]:
+        if group == CROSS:
+            modules = named_cross_attention_modules(self.denoiser)
+            if not modules:
+                raise ValueError(f"TGATE cannot gate this denoiser: {no_cross_attention_reason(self.denoiser)}")
+            return [(m, AttentionGateHook(id(m), True, name), _ATTENTION_HOOK) for name, m in modules]
+        if group == SELF:
+            modules = _named_self_attention_modules(self.denoiser)
+            return [(m, AttentionGateHook(id(m), False, name), _ATTENTION_HOOK) for name, m in modules]
+        modules = deepcache_modules(self.denoiser)
+        return [(m, DeepCacheHook(id(m), branches), _DEEPCACHE_HOOK) for m, branches in modules]
+
+    def enter(self, groups: Sequence[str]) -> tuple:
+        """Install what ``groups`` need and is not installed yet; the cache keys of their hooks."""
+        if self.users == 0:
+            self._wrap_forward()
+        self.users += 1
+        entered: list[str] = []
+        try:
+            for group in groups:
+                if self.group_users[group] == 0:
+                    self._install(group)
+                self.group_users[group] += 1
+                entered.append(group)
+        except BaseException:
+            self.leave(entered)
+            raise
+        return tuple(installed.key for group in groups for installed in self.hooked[group])
+
+    def leave(self, groups: Sequence[str]) -> None:
+        for group in groups:
+            self.group_users[group] -= 1
+            if self.group_users[group] == 0:
+                for installed in reversed(self.hooked.pop(group)):
+                    installed.remove()
+        self.users -= 1
+        if self.users == 0:
+            self._unwrap_forward()
+
+    def _install(self, group: str) -> None:
+        self.hooked[group] = []
+        try:
+            for module, hook, name in self._hooks(group):
+                self.hooked[group].append(_InstalledHook.register(module, hook, name))
+        except BaseException:
+            for installed in reversed(self.hooked.pop(group)):
+                installed.remove()
+            raise
+
+    def _wrap_forward(self) -> None:
         # The denoiser-level hook is a plain forward wrapper, not a HookRegistry hook: it must sit outside a
         # torch.compile'd denoiser (an OptimizedModule forwards registry attributes to the inner module).
         self.had_forward = "forward" in self.denoiser.__dict__
         self.original_forward = self.denoiser.forward
         self.denoiser.forward = functools.update_wrapper(
-            functools.partial(_denoiser_forward, self.original_forward), self.original_forward
+            functools.partial(_denoiser_forward, self.original_forward, id(self.denoiser)), self.original_forward
         )
-        self.hooked: list[_InstalledHook] = []
-        hooks = [(module, AttentionGateHook(id(module), cross), _ATTENTION_HOOK) for module, cross in self.modules]
-        hooks += [(module, DeepCacheHook(id(module), branch), _DEEPCACHE_HOOK) for module, branch in self.deep_modules]
-        self.cache_keys = tuple(hook.key for _, hook, _ in hooks)
-        try:
-            for module, hook, name in hooks:
-                self.hooked.append(_InstalledHook.register(module, hook, name))
-        except BaseException:
-            self.remove()
-            raise
 
-    def remove(self) -> None:
-        for installed in reversed(self.hooked):
-            installed.remove()
+    def _unwrap_forward(self) -> None:
         if self.had_forward:
             self.denoiser.forward = self.original_forward
         else:
@@ -394,21 +525,18 @@ _INSTALL_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def _hooks_on(denoiser: torch.nn.Module) -> Iterator[_Installation]:
+def _hooks_on(denoiser: torch.nn.Module, groups: Sequence[str]) -> Iterator[tuple]:
     with _INSTALL_LOCK:
         installation = _INSTALLATIONS.get(id(denoiser)) or _Installation(denoiser)
-        if installation.users == 0:
-            installation.install()
-            _INSTALLATIONS[id(denoiser)] = installation
-        installation.users += 1
+        keys = installation.enter(groups)
+        _INSTALLATIONS[id(denoiser)] = installation
     try:
-        yield installation
+        yield keys
     finally:
         with _INSTALL_LOCK:
-            installation.users -= 1
+            installation.leave(groups)
             if installation.users == 0:
                 del _INSTALLATIONS[id(denoiser)]
-                installation.remove()
 
 
 @contextlib.contextmanager
@@ -416,6 +544,7 @@ def gated_sampling(
     denoisers: torch.nn.Module | Sequence[torch.nn.Module],
     schedule: TgateSchedule | int,
     guided: Callable[[], bool] | bool,
+    pipeline_class: type | None = None,
 ) -> Iterator[TgateCall]:
     """Run TGATE on ``denoisers`` for one sampling run in this thread; everything is removed on exit.
 
@@ -423,18 +552,23 @@ def gated_sampling(
     transformer, and a ControlNet where it has one (it runs on the same single branch after the gate, and its
     cross-attention is gated too). DeepCache (``schedule.deepcache_interval``) applies to the first, which must
     be a UNet; a ControlNet runs in full at every step. ``guided`` is the pipeline's guidance state, read at
-    every denoiser evaluation (or a constant). The call's step is the pipeline's step: :meth:`TgateCall.follow`
-    counts it on the loop's progress bar (the pipeline classes do this); code that drives the denoiser itself sets
-    ``call.step`` and ``call.follows_loop``.
+    every denoiser evaluation (or a constant). ``pipeline_class`` says which inputs keep their positive half
+    after the gate (:mod:`common.branches`; None: every input keeps its negative half). The call's step is the
+    pipeline's step: :meth:`TgateCall.follow` counts it on the loop's progress bar (the pipeline classes do
+    this); code that drives the denoiser itself sets ``call.step`` and ``call.follows_loop``.
     """
     if _ACTIVE_CALL.get() is not None:
         raise RuntimeError("a TGATE call is already running in this thread; TGATE calls do not nest.")
     schedule = schedule if isinstance(schedule, TgateSchedule) else TgateSchedule(schedule)
+    denoisers = [denoisers] if isinstance(denoisers, torch.nn.Module) else list(denoisers)
     check_deepcache(denoisers, schedule)
-    call = TgateCall(schedule, guided if callable(guided) else (lambda: guided))
+    call = TgateCall(schedule, guided if callable(guided) else (lambda: guided), pipeline_class)
+    # Known before any hook is installed: a denoiser whose per-sample inputs TGATE does not know is refused here.
+    call.cuts = {id(d): branch_cut(d, getattr(d, "_orig_mod", d).forward, pipeline_class) for d in denoisers}
+    groups = hook_groups(schedule)
     with contextlib.ExitStack() as hooks:
-        for denoiser in [denoisers] if isinstance(denoisers, torch.nn.Module) else denoisers:
-            call.cache_keys += hooks.enter_context(_hooks_on(denoiser)).cache_keys
+        for denoiser in denoisers:
+            call.cache_keys += hooks.enter_context(_hooks_on(denoiser, groups))
         call.caches = dict.fromkeys(call.cache_keys)
         token = _ACTIVE_CALL.set(call)
         try:
@@ -451,10 +585,11 @@ class _InstalledHook:
     name: str
     created_registry: bool
     had_forward_attribute: bool
+    key: Any  # the hook's cache key
 
     @classmethod
     def register(cls, module: torch.nn.Module, hook: ModelHook, name: str) -> "_InstalledHook":
-        installed = cls(module, name, not hasattr(module, "_diffusers_hook"), "forward" in module.__dict__)
+        installed = cls(module, name, not hasattr(module, "_diffusers_hook"), "forward" in module.__dict__, hook.key)
         HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
         return installed
 

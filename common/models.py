@@ -58,6 +58,18 @@ class ModelSpec:
     sp_interval: int = 1
     fi_interval: int = 1
     warm_up: int = 0
+    # Video and non-square models (dit_models.py): pixel size, frames, and what else the model card sets.
+    height: int | None = None  # None: resolution x resolution
+    width: int | None = None
+    frames: int | None = None  # None: an image model
+    scheduler_kwargs: tuple[tuple[str, Any], ...] = ()  # overrides of the installed scheduler's config (flow_shift)
+    call_kwargs: tuple[tuple[str, Any], ...] = ()  # further __call__ defaults (negative_prompt, guidance_scale_2)
+    tiny_call: tuple[tuple[str, Any], ...] = ()  # __call__ arguments of a --tiny run (sizes its components take)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) in pixels."""
+        return (self.height or self.resolution, self.width or self.resolution)
 
     @property
     def config_dir(self) -> Path:
@@ -98,7 +110,8 @@ class ModelSpec:
 
     def install_scheduler(self, pipe):
         if self.scheduler:
-            pipe.scheduler = import_object(f"diffusers:{self.scheduler}").from_config(pipe.scheduler.config)
+            scheduler_class = import_object(f"diffusers:{self.scheduler}")
+            pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config, **dict(self.scheduler_kwargs))
         return pipe
 
     def paper_row(self, tgate: bool) -> dict | None:
@@ -127,7 +140,7 @@ def missing_weights_message(spec: ModelSpec, source: str, error: Exception) -> s
     return (
         f"Could not load the {spec.title} weights from '{source}'.\n"
         f"  reason: {reason}\n"
-        f"  To provide them: download once with network access (`huggingface-cli download {spec.checkpoint}` "
+        f"  To provide them: download once with network access (`hf download {spec.checkpoint}`, huggingface_hub's CLI, "
         "fills the Hugging Face cache, $HF_HOME, which is then used offline), or pass a local diffusers folder "
         "(generate.py: --model PATH; the eval scripts: --checkpoint PATH).\n"
         "  For an offline smoke run without weights, use --tiny (tiny random components; the image is noise)."
@@ -249,6 +262,11 @@ MODELS: dict[str, ModelSpec] = {
     ),
 }
 
+
+# Not in the paper: today's cross-attention DiTs (Wan 2.1 / 2.2, LTX-Video, Sana, HunyuanDiT), defined in code.
+from .dit_models import DIT_MODELS  # noqa: E402  (dit_models imports ModelSpec from here)
+
+MODELS.update(DIT_MODELS)
 
 # The six models of the paper's table: what "all" means in the evaluation scripts (MODELS adds the toy).
 PAPER_MODELS: dict[str, ModelSpec] = {key: spec for key, spec in MODELS.items() if key in PAPER["defaults"]}

@@ -30,7 +30,9 @@ TGATE_DOCSTRING = """
                 from step `gate_step` on it returns that cache and classifier-free guidance is dropped (the
                 denoiser runs the negative branch only). Steps are the pipeline's own (its progress bar: after
                 `strength` or `denoising_end`), whatever the scheduler evaluates per step. `None` is the stock
-                pipeline; `gate_step >= num_inference_steps` gives the stock output bit for bit.
+                pipeline; `gate_step >= num_inference_steps` gives the stock output bit for bit at `sp_interval=1`
+                (TGATE-V2's larger intervals change the steps before the gate), with a warning that the gate is
+                never reached.
             sp_interval (`int`, *optional*, defaults to 1):
                 TGATE-V2: before the gate, self-attention is computed (and cached) every `sp_interval` steps
                 after the warm-up, and returns its cache in between. 1 computes it every step (v1).
@@ -72,6 +74,12 @@ class TgateMixin:
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
         cls.__call__ = _tgate_call_for(super(TgateMixin, cls).__call__)
+        guidance = getattr(super(TgateMixin, cls), "do_classifier_free_guidance", None)
+        if isinstance(guidance, property) and not hasattr(guidance.fget, "_tgate_stock"):
+            cls.do_classifier_free_guidance = _guidance_with_gate(guidance)
+        encode_prompt = getattr(super(TgateMixin, cls), "encode_prompt", None)
+        if encode_prompt is not None and not getattr(encode_prompt, "_tgate_records", False):
+            cls.encode_prompt = _recording(encode_prompt)
         _register_with_diffusers(cls)
 
     @property
@@ -80,9 +88,10 @@ class TgateMixin:
 
     @property
     def denoisers(self) -> list[torch.nn.Module]:
-        """What the sampling loop runs on the guidance batch: the denoiser, and the ControlNet if any."""
-        controlnet = getattr(self, "controlnet", None)
-        return [self.denoiser] if controlnet is None else [self.denoiser, controlnet]
+        """What the sampling loop runs on the guidance batch: the denoiser, a second expert (Wan 2.2's
+        ``transformer_2``) and the ControlNet, where the pipeline has them."""
+        extra = (getattr(self, name, None) for name in ("transformer_2", "controlnet"))
+        return [self.denoiser, *(module for module in extra if module is not None)]
 
     @property
     def native_resolution(self) -> int:
@@ -103,8 +112,10 @@ class TgateMixin:
         SD and SDXL read their ``do_classifier_free_guidance`` property at every step, and callbacks may end
         guidance by changing ``_guidance_scale`` (diffusers' CFG cut-off callbacks); PixArt decides once.
         """
-        if isinstance(getattr(type(self), "do_classifier_free_guidance", None), property):
-            return lambda: self.do_classifier_free_guidance
+        guidance = getattr(type(self), "do_classifier_free_guidance", None)
+        if isinstance(guidance, property):  # the stock property, not the gated one
+            stock = getattr(guidance.fget, "_tgate_stock", guidance)
+            return lambda: stock.fget(self)
         guided = self.uses_guidance(guidance_scale)
         return lambda: guided
 
@@ -122,8 +133,38 @@ class TgateMixin:
         call = inspect.signature(stock_call).bind(self, *args, **kwargs)
         call.apply_defaults()
         guided = self.guidance_state(call.arguments.get("guidance_scale", 1.0))
-        with gated_sampling(self.denoisers, schedule, guided):
+        with gated_sampling(self.denoisers, schedule, guided, type(self)):
             return stock_call(self, *args, **kwargs)
+
+
+def _guidance_with_gate(stock: property) -> property:
+    """The pipeline's ``do_classifier_free_guidance``, False after the gate for a pipeline that guides with two
+    denoiser calls per step (Wan): the loop reads it after the conditional call and skips the second one. One
+    batch ``[negative, positive]`` pipelines read it unchanged (the gate cuts their batch instead)."""
+
+    def do_classifier_free_guidance(self) -> bool:
+        call = active_call()
+        return stock.fget(self) and not (call is not None and call.drops_guidance_call())
+
+    gated = property(do_classifier_free_guidance, doc=stock.__doc__)
+    gated.fget._tgate_stock = stock
+    return gated
+
+
+def _recording(encode_prompt: Callable) -> Callable:
+    """``encode_prompt`` that also hands what it returns to the TGATE call in progress, which checks the guidance
+    batch's branch order on these tensors (``common.branches.check_branch_order``)."""
+
+    @functools.wraps(encode_prompt)
+    def recording_encode_prompt(self, *args, **kwargs):
+        output = encode_prompt(self, *args, **kwargs)
+        call = active_call()
+        if call is not None and isinstance(output, tuple):
+            call.text_states.append(output)
+        return output
+
+    recording_encode_prompt._tgate_records = True
+    return recording_encode_prompt
 
 
 def _register_with_diffusers(cls: type) -> None:

@@ -1,7 +1,7 @@
 """What TGATE does at each step of a sampling run: a plain table, no model involved.
 
 A :class:`TgateSchedule` maps the pipeline's step index ``i`` (its progress-bar count, see
-``../shared/DESIGN.md``) to a :class:`StepPlan`: what every cross-attention and self-attention module does
+``common/DESIGN.md``) to a :class:`StepPlan`: what every cross-attention and self-attention module does
 (compute, cache, reuse its cache) and whether the denoiser runs a single branch instead of the guidance
 batch. The hooks in ``common/gate.py`` only obey plans; v1 and V2 are two settings of the same schedule.
 
@@ -77,7 +77,7 @@ def check_gate_step(gate_step: Any) -> int:
     if gate_step < 1:
         raise ValueError(
             f"gate_step must be >= 1: it is the number of guided steps run before the gate, got {gate_step}. "
-            "Use gate_step=None (or a value >= num_inference_steps) for the stock pipeline."
+            "Use gate_step=None (or, at sp_interval 1, a value >= num_inference_steps) for the stock pipeline."
         )
     return int(gate_step)
 

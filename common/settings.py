@@ -54,7 +54,7 @@ def add_schedule_args(parser: argparse.ArgumentParser, spec: ModelSpec | None = 
 
     if gate:
         parser.add_argument("--gate", type=int, metavar="N", help="gate step: guided steps before cross-attention "
-                            "is cached and guidance dropped; >= --steps gates no step "
+                            "is cached and guidance dropped; >= --steps gates no step (stock at --sp-interval 1) "
                             f"({default('gate_step', PAPER_SETTING)}){gate_help}")
     if v2:
         group = parser.add_argument_group("TGATE-V2", "self-attention caching; sp = fi = 1 is v1 (self-attention "

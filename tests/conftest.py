@@ -18,3 +18,12 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def demo_url():
+    """The demo page (demo/app.py) with the toy model, served in this process once for the demo tests."""
+    from tests.demo_server import served_demo
+
+    with served_demo() as url:
+        yield url

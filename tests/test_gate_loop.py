@@ -16,6 +16,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from common.tiny import tiny_sd_components, tiny_sdxl_components
 from SD_1_5.pipeline import TgateStableDiffusionPipeline
 from SDXL.pipeline import TgateStableDiffusionXLPipeline
+from tests.hooked_reference import cross_attention
 from tests.tgate_checks import (
     CALLBACK_TENSORS,
     branch_denoiser,
@@ -38,8 +39,7 @@ FAMILIES = {
 }
 
 
-def cross_attention_modules(denoiser):
-    return [module for module in denoiser.modules() if getattr(module, "is_cross_attention", False)]
+cross_attention_modules = cross_attention  # named per architecture, not by the gate's rule
 
 
 def with_scheduler(components, name, **config):

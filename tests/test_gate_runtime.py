@@ -85,6 +85,36 @@ def test_compiled_denoiser_needs_a_few_graphs_whatever_the_steps_and_gate():
     torch._dynamo.reset()
 
 
+@pytest.mark.parametrize("how", ["in_place", "repeated_blocks"])
+def test_in_place_and_regional_compilation_keep_a_bounded_number_of_graphs(how, monkeypatch):
+    """``pipe.unet.compile()`` and diffusers' recommended ``compile_repeated_blocks`` compile the modules in place:
+    the gate's hooks then run inside the compiled region; across calls of other step counts and gates the graphs
+    stay bounded and the output equals eager."""
+    torch._dynamo.reset()
+    components = tiny_sd_components(seed=0)
+    eager = quiet(TgateStableDiffusionPipeline(**components))
+    calls = [dict(steps=4, gate_step=2), dict(steps=6, gate_step=3), dict(steps=5, gate_step=1), dict(steps=3),
+             dict(steps=4, gate_step=2)]
+    expected = [run(eager, **call) for call in calls]
+    unet = components["unet"]
+    if how == "in_place":
+        unet.compile(backend="eager")
+    else:
+        # One compiled code for every block: dynamo specializes it per block shape, per kind of step and per
+        # block's cache slot, more than its default limit of 8 recompiles (raised here, as a user would).
+        monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 64)
+        unet.compile_repeated_blocks(backend="eager", fullgraph=True)
+    counters.clear()
+    graphs = []
+    for call, reference in zip(calls, expected):
+        assert torch.equal(run(eager, **call), reference)
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[-1] == graphs[-2]  # a repeated setting compiles nothing new
+    # in place, the gate's denoiser-level bookkeeping is traced too: a few graphs per kind of step, not per step
+    assert graphs[-1] <= (10 if how == "in_place" else 32), graphs
+    torch._dynamo.reset()
+
+
 # --- The pipeline looks like a diffusers pipeline -----------------------------------------------------------
 
 

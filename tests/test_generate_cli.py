@@ -175,7 +175,7 @@ def test_missing_hub_weights_offline_name_the_checkpoint(tmp_path):
     result = subprocess.run([sys.executable, "SD_2_1/generate.py"], cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 2
-    assert MODELS["sd21"].checkpoint in result.stderr and "huggingface-cli download" in result.stderr
+    assert MODELS["sd21"].checkpoint in result.stderr and "hf download" in result.stderr
     assert "Traceback" not in result.stderr
 
 

