@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 
 from .models import TOY_MODEL, CheckpointNotFoundError, ModelSpec, get_model
 from .tasks import add_task_arguments, check_task_arguments, task_pipeline
-from .schedule import check_int
+from .settings import add_schedule_args, call_keywords, intervals_label, model_schedule, schedule_from_args
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -44,20 +44,7 @@ def build_parser(specs: dict[str, ModelSpec], variant_flag: str | None) -> argpa
     parser.add_argument("--prompt", help=f"the caption (default: the paper's, e.g. {default.prompt!r})")
     parser.add_argument("--negative-prompt", default=None, help="negative prompt (the unconditional branch)")
     parser.add_argument("--steps", type=int, help=f"denoising steps (default: the paper's, {default.steps})")
-    parser.add_argument("--gate", type=int, help="gate step: guided steps before cross-attention is cached and "
-                        f"guidance dropped; >= --steps is stock at --sp-interval 1 (default: the paper's, {default.gate_step})")
-    parser.add_argument("--sp-interval", type=int, help="TGATE-V2: before the gate, self-attention is computed and "
-                        "cached every N steps after the warm-up and returns its cache in between; 1 = every step, v1 "
-                        f"(default: the model's, {default.sp_interval}). Above 1, even a gate >= --steps is not stock")
-    parser.add_argument("--fi-interval", type=int, help="TGATE-V2: after the gate, self-attention is computed and "
-                        f"cached every N steps; 1 = every step (default: the model's, {default.fi_interval})")
-    parser.add_argument("--warm-up", type=int, help="TGATE-V2: the first N steps compute self-attention without "
-                        f"caching it (default: the model's, {default.warm_up})")
-    parser.add_argument("--deepcache-interval", type=int, help="DeepCache (UNet models only): the UNet runs in full "
-                        "every N steps and otherwise only its shallow branch, reset at the gate as in the official "
-                        "TGATE + DeepCache code (official default 3; default: no DeepCache)")
-    parser.add_argument("--deepcache-branch", type=int, help="DeepCache's cache_branch_id, the shallow branch of a "
-                        "partial forward (default 0, the official one; needs --deepcache-interval)")
+    add_schedule_args(parser, default)
     parser.add_argument("--guidance", type=float, help="classifier-free guidance scale; <= 1 turns guidance off "
                         f"(default: the paper's, {default.guidance_scale})")
     parser.add_argument("--seed", type=int, help=f"seed of the initial noise (default: the paper's, {default.seed})")
@@ -79,30 +66,6 @@ def build_parser(specs: dict[str, ModelSpec], variant_flag: str | None) -> argpa
                         "without weights: the image is noise")
     add_task_arguments(parser)
     return parser
-
-
-def check_gate_flag(gate: int, stock_hint: str = "--gate >= --steps") -> int:
-    """``--gate`` checked in the command line's words: the library's hint, ``gate_step=None``, is no flag."""
-    if gate < 1:
-        raise ValueError(f"--gate must be >= 1 (the guided steps before the gate), got {gate}; "
-                         f"for the stock pipeline use {stock_hint}")
-    return gate
-
-
-def deepcache_call(args: argparse.Namespace, spec: ModelSpec) -> dict[str, int]:
-    """The pipeline keywords of ``--deepcache-interval`` / ``--deepcache-branch`` (none without them); a
-    ``ValueError`` for a model without a UNet (PixArt) or a branch without an interval."""
-    interval, branch = getattr(args, "deepcache_interval", None), getattr(args, "deepcache_branch", None)
-    if interval is None:
-        if branch is not None:
-            raise ValueError("--deepcache-branch needs --deepcache-interval (e.g. --deepcache-interval 3)")
-        return {}
-    if spec.denoiser != "unet":
-        raise ValueError(f"DeepCache caches a UNet's deep blocks and {spec.title} is a transformer: "
-                         "--deepcache-interval works with the UNet models (SD-1.5, SD-2.1, SDXL, LCM-SDXL)")
-    check_int("--deepcache-interval", interval, 1)
-    check_int("--deepcache-branch", 0 if branch is None else branch, 0)
-    return {"deepcache_interval": interval, "deepcache_branch": 0 if branch is None else branch}
 
 
 def check_out(out: Path) -> None:
@@ -207,18 +170,12 @@ def generate_main(models: str | dict[str, str], argv: Sequence[str] | None = Non
         print(TOY_NOTE)
 
     steps = spec.steps if args.steps is None else args.steps
-    gate = spec.gate_step if args.gate is None else args.gate
     guidance = spec.guidance_scale if args.guidance is None else args.guidance
     seed = spec.seed if args.seed is None else args.seed
-    given = {"sp_interval": args.sp_interval, "fi_interval": args.fi_interval, "warm_up": args.warm_up}
-    v2 = {name: getattr(spec, name) if value is None else value for name, value in given.items()}
     try:
         if steps < 1:
             raise ValueError(f"--steps must be >= 1, got {steps}")
-        check_gate_flag(gate)
-        for name, minimum in (("sp_interval", 1), ("fi_interval", 1), ("warm_up", 0)):
-            check_int("--" + name.replace("_", "-"), v2[name], minimum)
-        deepcache = deepcache_call(args, spec)
+        schedule = schedule_from_args(args, model_schedule(spec), spec)
         if guidance < 0:
             raise ValueError(f"--guidance must be >= 0, got {guidance}")
         if args.tiny and args.model:
@@ -257,16 +214,16 @@ def generate_main(models: str | dict[str, str], argv: Sequence[str] | None = Non
     if args.negative_prompt is not None:  # else the pipeline's own default: PixArt's is "", and None breaks it
         call["negative_prompt"] = args.negative_prompt
     out.parent.mkdir(exist_ok=True)
-    v1 = (v2["sp_interval"], v2["fi_interval"]) == (1, 1)
-    v2_note = "" if v1 else f" | V2: sp {v2['sp_interval']}, fi {v2['fi_interval']}, warm-up {v2['warm_up']}"
-    if deepcache:
-        v2_note += f" | DeepCache: interval {deepcache['deepcache_interval']}, branch {deepcache['deepcache_branch']}"
+    gate = schedule.gate_step
+    v2_note = "" if schedule.is_v1 else f" | V2: {intervals_label(schedule)}"
+    if schedule.deepcache_interval is not None:
+        v2_note += f" | DeepCache: interval {schedule.deepcache_interval}, branch {schedule.deepcache_branch}"
     print(f"{spec.title} | {'tiny random' if args.tiny else args.model or spec.checkpoint} | {steps} steps, "
           f"gate {gate}, guidance {guidance}, seed {seed}{v2_note} | {device} {str(dtype).removeprefix('torch.')}")
     if args.compare:  # warm up kernels and caches so neither timed run pays for them
         pipe(**{**call, "num_inference_steps": 2}, output_type="latent")
 
-    image, seconds = timed_generation(pipe, device, seed, gate_step=gate, **v2, **deepcache, **call)
+    image, seconds = timed_generation(pipe, device, seed, **call_keywords(schedule), **call)
     image.save(out)
     print(f"TGATE  {seconds:7.2f} s -> {out}")
     if args.compare:

@@ -5,6 +5,10 @@ shared among `accelerate launch` processes; reference statistics of the matching
 the Fréchet distance of Inception features; OUT/result.json. The two seams a new benchmark plugs into:
 the caption source (eval/fid_data.py: captions and reference images) and the feature extractor
 (eval/fid_features.py: features and the name of the distance).
+
+Files: this command is over 400 lines because resuming a run across processes (run.json checks, shared
+captions, per-process timing) is one piece with its flags; generation is in eval/fid_generate.py, the toy
+benchmark's captions and features in eval/fid_toy.py.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import platform
 import sys
 import time
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -30,9 +34,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from common.cli import DTYPES, check_gate_flag, deepcache_call, device_name, resolve_device_and_dtype  # noqa: E402
+from common.cli import DTYPES, device_name, resolve_device_and_dtype  # noqa: E402
 from common.models import MODELS, TOY_MODEL, CheckpointNotFoundError, ModelSpec, get_model  # noqa: E402
-from common.schedule import check_int  # noqa: E402
+from common.schedule import TgateSchedule  # noqa: E402
+from common.settings import (  # noqa: E402
+    V2_FIELDS, add_schedule_args, call_keywords, given, model_schedule, schedule_from_args, schedule_label,
+    schedule_suffix,
+)
 from eval.fid_data import (  # noqa: E402
     CaptionRecord, CaptionSourceError, CocoCaptions, center_crop_resize, read_captions, write_captions,
     write_json_atomically,
@@ -46,8 +54,6 @@ from eval.fid_toy import DigitFeatures, ToyDigitCaptions, classifier_weights  # 
 
 PAPER_N = 10_000
 TINY_WARNING = "[--tiny] tiny random components, not the real model: the images are noise and the FID means nothing."
-# TGATE-V2's settings, their minimum and their v1 value (what a run.json written before them recorded)
-V2_SETTINGS = (("sp_interval", 1, 1), ("fi_interval", 1, 1), ("warm_up", 0, 0))
 VERSIONED = ["torch", "diffusers", "transformers", "accelerate", "pytorch-fid", "pycocotools", "numpy", "scipy", "pillow"]
 
 
@@ -77,22 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
         "sees; process 0 computes the FID).",
     )
     parser.add_argument("--model", choices=list(MODELS), default="sd15", help="model of the paper's table (default: sd15)")
-    parser.add_argument("--gate", type=int, help="TGATE gate step (default: the paper's example setting for --model, "
-                        "e.g. 10 for sd15); >= --steps gates no step: the stock pipeline, run and labelled as --baseline")
-    parser.add_argument("--sp-interval", type=int, help="TGATE-V2: before the gate, self-attention is computed and "
-                        "cached every N steps after the warm-up and returns its cache in between (default: the "
-                        "model's: 1 = v1, every step; 3 for pixart_sigma)")
-    parser.add_argument("--fi-interval", type=int, help="TGATE-V2: after the gate, self-attention is computed and "
-                        "cached every N steps (default: the model's, 1)")
-    parser.add_argument("--warm-up", type=int, help="TGATE-V2: the first N steps compute self-attention without "
-                        "caching it (default: the model's: 0; 2 for pixart_sigma)")
+    add_schedule_args(parser, gate_help="; the stock pipeline, run and labelled as --baseline")
     parser.add_argument("--baseline", action="store_true", help="the stock pipeline without TGATE (the paper's "
                         "baseline rows; with --deepcache-interval, DeepCache alone); cannot be combined with --gate")
-    parser.add_argument("--deepcache-interval", type=int, help="DeepCache (UNet models only): the UNet runs in full "
-                        "every N steps, otherwise its shallow branch; with a gate, the official TGATE + DeepCache "
-                        "combination (default: no DeepCache)")
-    parser.add_argument("--deepcache-branch", type=int, help="DeepCache's cache_branch_id (default 0, the official; "
-                        "needs --deepcache-interval)")
     parser.add_argument("--steps", type=int, help="denoising steps (default: the paper's for --model, e.g. 25)")
     parser.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the caption sample and of the per-image noise "
@@ -140,7 +133,7 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, s
     try:
         if args.baseline and args.gate is not None:
             raise ValueError("--baseline runs the stock pipeline: drop --gate or --baseline")
-        if args.baseline and any(getattr(args, name) is not None for name, _, _ in V2_SETTINGS):
+        if args.baseline and given(args, *V2_FIELDS):
             raise ValueError("--baseline runs the stock pipeline: drop --sp-interval, --fi-interval, --warm-up "
                              "or --baseline")
         if args.tiny and args.checkpoint:
@@ -150,21 +143,15 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, s
                              "drop --coco-root and --inception-weights")
         if spec.key != TOY_MODEL and args.coco_root is None:
             raise ValueError("--coco-root DIR is required: COCO's annotations/captions_val2014.json and val2014/")
-        args.deepcache = deepcache_call(args, spec)  # {} without DeepCache
         args.steps = spec.steps if args.steps is None else args.steps
-        if args.gate is not None:
-            check_gate_flag(args.gate, "--baseline")
-        args.gate = None if args.baseline else (spec.gate_step if args.gate is None else args.gate)
-        if args.gate is not None and args.gate >= args.steps >= 1:  # gates no step: the stock pipeline, bit for bit
-            print(f"--gate {args.gate} >= --steps {args.steps} gates no step: the stock pipeline, run as --baseline")
-            args.gate = None
+        schedule = schedule_from_args(args, TgateSchedule(None) if args.baseline else model_schedule(spec), spec,
+                                      stock_hint="--baseline")
+        if schedule.gate_step is not None and schedule.gate_step >= args.steps >= 1:  # the stock pipeline, bit for bit
+            print(f"--gate {schedule.gate_step} >= --steps {args.steps} gates no step: the stock pipeline, run as "
+                  "--baseline")
+            schedule = replace(schedule, gate_step=None, sp_interval=1, fi_interval=1, warm_up=0)
+        args.schedule, args.gate = schedule, schedule.gate_step
         args.guidance = spec.guidance_scale if args.guidance is None else args.guidance
-        args.v2 = {}  # a TGATE run's sp_interval, fi_interval, warm_up (the registry model's by default)
-        if args.gate is not None:
-            for name, minimum, _ in V2_SETTINGS:
-                value = getattr(args, name)
-                args.v2[name] = check_int("--" + name.replace("_", "-"), getattr(spec, name) if value is None
-                                          else value, minimum)
         for flag, value, low in [("--steps", args.steps, 1), ("--n", args.n, 2), ("--batch-size", args.batch_size, 1),
                                  ("--feature-batch-size", args.feature_batch_size, 1), ("--workers", args.workers, 0),
                                  ("--resolution", args.resolution, 8), ("--guidance", args.guidance, 0)]:
@@ -174,34 +161,21 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, s
             raise ValueError(f"--resolution must be a multiple of 8, got {args.resolution}")
     except ValueError as error:
         parser.error(str(error))
-    name = "baseline" if args.gate is None else f"gate{args.gate}{v2_suffix(args.v2)}"
-    name += deepcache_suffix(args.deepcache)
-    run_name = f"{spec.key}_{name}{'_tiny' if args.tiny else ''}"
+    run_name = f"{spec.key}_{schedule_suffix(args.schedule)}{'_tiny' if args.tiny else ''}"
     args.out = args.out or Path("results") / "fid" / run_name
     args.stats_dir = args.stats_dir or default_stats_dir()
 
 
-def v2_suffix(v2: dict) -> str:
-    """``_sp5_fi1_wu2`` for a TGATE-V2 run, nothing for v1 (sp = fi = 1) or the baseline."""
-    if not v2 or (v2["sp_interval"], v2["fi_interval"]) == (1, 1):
-        return ""
-    return f"_sp{v2['sp_interval']}_fi{v2['fi_interval']}_wu{v2['warm_up']}"
-
-
-def deepcache_suffix(deepcache: dict) -> str:
-    """``_dc3_br0`` for a DeepCache run, nothing without DeepCache."""
-    return "_dc{deepcache_interval}_br{deepcache_branch}".format(**deepcache) if deepcache else ""
+def recorded_settings(schedule) -> dict:
+    """The schedule as run.json and result.json record it: a TGATE run's sp_interval, fi_interval, warm_up, a
+    DeepCache run's deepcache_interval, deepcache_branch (the gate is recorded apart)."""
+    return {key: value for key, value in call_keywords(schedule).items() if key != "gate_step"}
 
 
 def describe(args: argparse.Namespace) -> str:
     """'baseline', 'gate 10' or 'gate 10, sp 5, fi 1, warm-up 2'; DeepCache's ', DeepCache interval 3, branch 0'
     after it ('DeepCache interval 3, branch 0' alone for DeepCache without TGATE)."""
-    deepcache = getattr(args, "deepcache", None) or {}
-    deep = "DeepCache interval {deepcache_interval}, branch {deepcache_branch}".format(**deepcache) if deepcache else ""
-    if args.gate is None:
-        return deep or "baseline"
-    return f"gate {args.gate}" + (", sp {sp_interval}, fi {fi_interval}, warm-up {warm_up}".format(**args.v2)
-                                  if v2_suffix(args.v2) else "") + (f", {deep}" if deep else "")
+    return "baseline" if args.schedule.is_stock else schedule_label(args.schedule)
 
 
 def caption_list(args: argparse.Namespace, source: CocoCaptions) -> list[CaptionRecord]:
@@ -259,7 +233,8 @@ def check_run_settings(out: Path, settings: dict) -> None:
     path = out / "run.json"
     if path.exists():
         recorded = json.loads(path.read_text())
-        v1 = {name: value for name, _, value in V2_SETTINGS} if recorded.get("gate") is not None else {}
+        # a run.json written before TGATE-V2 recorded no intervals: its TGATE runs were v1
+        v1 = recorded_settings(TgateSchedule(recorded["gate"])) if recorded.get("gate") is not None else {}
         different = {key: (recorded.get(key, v1.get(key)), value) for key, value in settings.items()
                      if recorded.get(key, v1.get(key)) != value}
         if different:
@@ -391,8 +366,7 @@ def compute_result(args, spec: ModelSpec, records, settings: dict, weights: Path
         "tiny": args.tiny,
         "tgate": args.gate is not None,
         **{key: settings[key] for key in ("gate", "steps", "guidance_scale", "resolution", "seed", "dtype")},
-        **args.v2,  # a TGATE run's sp_interval, fi_interval, warm_up
-        **args.deepcache,  # a DeepCache run's deepcache_interval, deepcache_branch
+        **recorded_settings(args.schedule),
         "n": len(records),
         "seconds_per_image": totals["seconds_per_image"],
         "seconds_per_image_note": "generation wall time / images, summed over processes and resumed runs, at "
@@ -427,7 +401,7 @@ def generate_share(args, spec: ModelSpec, state, device: torch.device, dtype: to
     pipe.set_progress_bar_config(disable=True)
     resolution = args.resolution or (pipe.native_resolution if args.tiny else spec.resolution)
     settings = {"model": spec.key, "checkpoint": "tiny" if args.tiny else args.checkpoint or spec.checkpoint,
-                "gate": args.gate, **args.v2, **args.deepcache, "steps": args.steps, "guidance_scale": args.guidance,
+                "gate": args.gate, **recorded_settings(args.schedule), "steps": args.steps, "guidance_scale": args.guidance,
                 "resolution": resolution, "seed": args.seed, "dtype": str(dtype).removeprefix("torch."),
                 "captions_sha256": records_sha256(records)}
     if state.is_main_process:
@@ -438,7 +412,7 @@ def generate_share(args, spec: ModelSpec, state, device: torch.device, dtype: to
           f" | {args.steps} steps, guidance {args.guidance}, {resolution}px | {len(records)} captions | "
           f"process {state.process_index}/{state.num_processes} on {device}")
     call = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, height=resolution, width=resolution,
-                gate_step=args.gate, **args.v2, **args.deepcache)
+                **call_keywords(args.schedule))
     report = generate_images(pipe, records, args.out / "images", seed=args.seed, batch_size=args.batch_size,
                              call=call, rank=state.process_index, world=state.num_processes,
                              timing_path=args.out / "timing" / f"{uuid.uuid4().hex}.json")

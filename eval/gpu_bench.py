@@ -26,8 +26,14 @@ from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root, for `common`
 
+from common.schedule import TgateSchedule  # noqa: E402
+from common.settings import add_schedule_args, schedule_argv, schedule_from_args  # noqa: E402
+from eval.timing import add_timing_args, check_timing_args  # noqa: E402
+
 # (registry model, image side in pixels): the paper's resolutions
 BENCHMARKS = (("sd15", 512), ("sdxl", 1024))
+# gate 10 (the example scripts'), V2 at the official V2 README's SDXL setting, DeepCache's official defaults
+DEFAULTS = TgateSchedule(10, sp_interval=5, fi_interval=1, warm_up=2, deepcache_interval=3, deepcache_branch=0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,24 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--models", nargs="+", choices=[model for model, _ in BENCHMARKS],
                         default=[model for model, _ in BENCHMARKS], help="models to run (default: sd15 sdxl)")
     parser.add_argument("--steps", type=int, default=25, metavar="N", help="sampling steps (default: 25)")
-    parser.add_argument("--gate", type=int, default=10, metavar="N", help="gate step (default: 10, the paper's example scripts')")
-    parser.add_argument("--sp-interval", type=int, default=5, metavar="N", help="TGATE-V2 (default: 5)")
-    parser.add_argument("--fi-interval", type=int, default=1, metavar="N", help="TGATE-V2 (default: 1)")
-    parser.add_argument("--warm-up", type=int, default=2, metavar="N", help="TGATE-V2 (default: 2)")
-    parser.add_argument("--deepcache-interval", type=int, default=3, metavar="N", help="DeepCache (default: 3)")
-    parser.add_argument("--deepcache-branch", type=int, default=0, metavar="B", help="DeepCache (default: 0)")
+    add_schedule_args(parser, defaults=DEFAULTS)
     passes = parser.add_mutually_exclusive_group()
     passes.add_argument("--no-compile", action="store_true", help="eager only")
     passes.add_argument("--compile-only", action="store_true", help="torch.compile'd only")
-    parser.add_argument("--compile-mode", default="default", help="torch.compile mode (default: default)")
-    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default: inductor)")
+    add_timing_args(parser)
     parser.add_argument("--batch-sizes", type=int, nargs="+", metavar="B",
                         help="also each variant's peak memory at these images per prompt (default: batch 1 only, "
                         "from the timed runs)")
-    parser.add_argument("--repeats", type=int, default=3, metavar="K",
-                        help="timed runs of each variant per model (default: 3)")
-    parser.add_argument("--warmup", type=int, default=1, metavar="W",
-                        help="untimed runs of each variant first (default: 1)")
     parser.add_argument("--device", default="cuda", help="torch device (default: cuda; cpu only with --tiny, to test "
                         "this script)")
     parser.add_argument("--out", type=Path, default=Path("gpu_bench.json"), metavar="PATH",
@@ -73,8 +69,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.device.startswith("cpu") and not args.tiny:
         parser.error("this is the GPU benchmark: --device cpu only with --tiny (eval/latency.py times the CPU)")
+    try:
+        schedule = schedule_from_args(args, DEFAULTS)
+        check_timing_args(args)
+    except ValueError as error:
+        parser.error(str(error))
 
-    import torch  # before diffusers, whose import takes seconds: no CUDA fails at once
+    import torch  # loaded with common/ by the parser: no CUDA fails before any model is built
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("error: no CUDA GPU is visible to torch (torch.cuda.is_available() is False); this benchmark needs "
@@ -90,11 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if model not in args.models:
             continue
         for compiled in compiled_passes:
-            argv = ["--model", model, "--steps", str(args.steps), "--gate", str(args.gate), "--repeats",
+            argv = ["--model", model, "--steps", str(args.steps), *schedule_argv(schedule), "--repeats",
                     str(args.repeats), "--warmup", str(max(args.warmup, 1) if compiled else args.warmup),
-                    "--device", args.device, "--overhead", "--sp-interval", str(args.sp_interval), "--fi-interval",
-                    str(args.fi_interval), "--warm-up", str(args.warm_up), "--deepcache-interval",
-                    str(args.deepcache_interval), "--deepcache-branch", str(args.deepcache_branch), "--no-official"]
+                    "--device", args.device, "--overhead", "--no-official"]
             if compiled:
                 argv += ["--compile", "--compile-mode", args.compile_mode, "--compile-backend", args.compile_backend]
             if args.batch_sizes:

@@ -20,6 +20,10 @@ unconditional one; this is the denoiser input TGATE itself keeps after its gate,
 family-specific encoding. Pipelines without a guidance branch (LCM) get the empty prompt's text instead.
 Text is switched at the denoiser's inputs and x0 is read at ``scheduler.step``: no pipeline code is copied,
 so every family (SD, SDXL, PixArt, LCM) and any registry model with a TGATE pipeline works.
+
+Files: this command (settings, the three runs, the outputs) is over 400 lines because its three parts share
+one loaded pipeline and one run record; the probes of the runs are in ``eval/observation_probes.py``, the
+figures in ``eval/observation_plots.py``.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import contextlib
 import csv
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -42,8 +46,12 @@ from tqdm import tqdm  # noqa: E402
 from common.architectures import VAE_SCALE_FACTOR  # noqa: E402
 from common.cli import DTYPES, resolve_device_and_dtype, timed_generation  # noqa: E402
 from common.models import MODELS, CheckpointNotFoundError, ModelSpec, get_model  # noqa: E402
-from common.schedule import check_int  # noqa: E402
-from eval import macs  # noqa: E402
+from common.schedule import TgateSchedule  # noqa: E402
+from common.settings import (  # noqa: E402
+    V2_FIELDS, add_schedule_args, call_keywords, intervals_label, model_schedule, schedule_from_args,
+)
+from common.step_macs import pipeline_counter  # noqa: E402
+from eval.macs_tables import format_count  # noqa: E402
 from eval.observation_plots import convergence_figure, gate_sweep_figure, observation_figure  # noqa: E402
 from eval.observation_probes import (  # noqa: E402
     ChangeRecord,
@@ -118,13 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gates", type=step_list, metavar="LIST", help="gate steps of the sweep, e.g. 1,3,5,10 "
                         f"(default: those of {','.join(map(str, DEFAULT_GATES))} below --steps, plus --steps, "
                         "which is the stock pipeline)")
-    parser.add_argument("--sp-interval", type=int, metavar="N", help="gate sweep, TGATE-V2: before the gate, "
-                        "self-attention is computed and cached every N steps after the warm-up and returns its cache "
-                        "in between (default: the model's: 1 = v1, every step; 3 for pixart_sigma)")
-    parser.add_argument("--fi-interval", type=int, metavar="N", help="gate sweep, TGATE-V2: after the gate, "
-                        "self-attention is computed and cached every N steps (default: the model's, 1)")
-    parser.add_argument("--warm-up", type=int, metavar="N", help="gate sweep, TGATE-V2: the first N steps compute "
-                        "self-attention without caching it (default: the model's: 0; 2 for pixart_sigma)")
+    add_schedule_args(parser, gate=False, deepcache=False, v2_help=", in the gate sweep")
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), metavar="PART",
                         help="what to make: figure (observation.png), convergence (convergence.csv/.png), sweep "
                         "(gate_sweep.csv/.png) (default: all three)")
@@ -150,7 +152,7 @@ class Settings:
     split: int
     show_steps: list[int]
     gates: list[int]
-    intervals: tuple[int, int, int]  # the gate sweep's TGATE-V2 sp_interval, fi_interval, warm_up
+    schedule: TgateSchedule  # the gate sweep's TGATE-V2 intervals (its gate: the model's; the sweep sets its own)
     parts: list[str]
     resolution: int | None
     device: torch.device
@@ -159,12 +161,14 @@ class Settings:
 
     @property
     def v1(self) -> bool:
-        return self.intervals[:2] == (1, 1)
+        return self.schedule.is_v1
+
+    def at_gate(self, gate: int) -> TgateSchedule:
+        return replace(self.schedule, gate_step=gate)
 
     def tgate(self, gate: int) -> dict[str, Any]:
         """TGATE's keyword arguments at ``gate``."""
-        sp_interval, fi_interval, warm_up = self.intervals
-        return dict(gate_step=gate, sp_interval=sp_interval, fi_interval=fi_interval, warm_up=warm_up)
+        return call_keywords(self.at_gate(gate))
 
     def call(self) -> dict[str, Any]:
         """Keyword arguments of one pipeline call (without the generator)."""
@@ -204,10 +208,7 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
             raise ValueError(f"--resolution must be a positive multiple of {VAE_SCALE_FACTOR}, got {args.resolution}")
         if args.tiny and args.checkpoint:
             raise ValueError("--tiny builds random components and ignores weights: drop --checkpoint or --tiny")
-        intervals = tuple(
-            check_int(flag, getattr(spec, name) if getattr(args, name) is None else getattr(args, name), minimum)
-            for name, flag, minimum in (("sp_interval", "--sp-interval", 1), ("fi_interval", "--fi-interval", 1),
-                                        ("warm_up", "--warm-up", 0)))
+        schedule = schedule_from_args(args, model_schedule(spec))
         device, dtype = resolve_device_and_dtype(args.device, args.dtype)
     except ValueError as error:
         parser.error(str(error))
@@ -223,7 +224,7 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         split=split,
         show_steps=args.show_steps or default_show_steps(steps, split),
         gates=args.gates or [gate for gate in DEFAULT_GATES if gate < steps] + [steps],
-        intervals=intervals,
+        schedule=schedule,
         parts=[part for part in PARTS if part in args.parts],
         resolution=args.resolution,
         device=device,
@@ -336,12 +337,6 @@ class SweepPoint:
     stock_macs: int
 
 
-def meta_copy(denoiser: torch.nn.Module) -> torch.nn.Module:
-    """The same architecture without weights (the meta device), which is all MAC counting needs."""
-    with torch.device("meta"):
-        return type(denoiser).from_config(denoiser.config).eval()
-
-
 def gate_sweep(pipe, settings: Settings, progress: tqdm | None = None) -> list[SweepPoint]:
     """TGATE at each gate of ``settings.gates``: the image, its wall time and its MACs (eval/macs.py)."""
     latent_sides: list[tuple[int, ...]] = []
@@ -352,7 +347,7 @@ def gate_sweep(pipe, settings: Settings, progress: tqdm | None = None) -> list[S
     if height != width:
         raise ValueError(f"MACs are counted for square images; the latents are {height}x{width}")
     guided = pipe.uses_guidance(settings.guidance)
-    counter = macs.StepCounter(meta_copy(pipe.denoiser), height * VAE_SCALE_FACTOR, guided)
+    counter = pipeline_counter(pipe, height * pipe.vae_scale_factor, guided)
 
     def advance(record: StepRecord) -> None:
         if progress is not None:
@@ -363,7 +358,7 @@ def gate_sweep(pipe, settings: Settings, progress: tqdm | None = None) -> list[S
         for gate in settings.gates:
             image, seconds = timed_generation(pipe, settings.device, settings.seed, **settings.tgate(gate),
                                               **settings.call())
-            stock_macs, gate_macs = counter.run_macs(settings.steps, macs.schedule_of(gate, settings.intervals))
+            stock_macs, gate_macs = counter.run_macs(settings.steps, settings.at_gate(gate))
             points.append(SweepPoint(gate, image, seconds, gate_macs, stock_macs))
     return points
 
@@ -391,7 +386,7 @@ def gate_caption(point: SweepPoint, steps: int, v1: bool = True) -> str:
     # with V2 intervals even a gate >= steps caches and reuses self-attention: not stock
     name = f"gate {point.gate}" + (" = stock" if point.gate >= steps and v1 else "")
     share = point.macs / point.stock_macs
-    return f"{name}\n{macs.format_count(point.macs, 'macs')} MACs ({share:.0%})\n{point.seconds:.2f} s"
+    return f"{name}\n{format_count(point.macs, 'macs')} MACs ({share:.0%})\n{point.seconds:.2f} s"
 
 
 def convergence_rows(settings: Settings, run: ObservedRun) -> list[dict[str, Any]]:
@@ -484,14 +479,13 @@ def write_gate_sweep(pipe, settings: Settings) -> dict:
     write_csv(settings.out / "gate_sweep.csv",
               [{"weights": settings.weights, **row, "device": str(settings.device)} for row in numbers])
     panels = [(gate_caption(point, settings.steps, settings.v1), point.image) for point in points]
-    v2 = "" if settings.v1 else f" (TGATE-V2: {macs.format_intervals(settings.intervals)})"
+    v2 = "" if settings.v1 else f" (TGATE-V2: {intervals_label(settings.schedule)})"
     title = (headline(settings) + f"\nTGATE gate sweep{v2}: denoiser MACs (eval/macs.py), wall time of the whole "
              f"pipeline call on {settings.device}")
     gate_sweep_figure(panels, title, warning(settings)).savefig(settings.out / "gate_sweep.png", dpi=100)
     for point in points:
         print("  " + gate_caption(point, settings.steps, settings.v1).replace("\n", " | "))
-    sp_interval, fi_interval, warm_up = settings.intervals
-    return {"gate_sweep": numbers, "sp_interval": sp_interval, "fi_interval": fi_interval, "warm_up": warm_up}
+    return {"gate_sweep": numbers, **{field: getattr(settings.schedule, field) for field in V2_FIELDS}}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

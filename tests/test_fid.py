@@ -20,6 +20,7 @@ from PIL import Image
 
 import eval.fid as fid
 from common.models import get_model
+from common.schedule import TgateSchedule
 from eval.fid_data import CaptionRecord, CaptionSourceError, CocoCaptions, center_crop_resize, read_captions, write_captions
 from eval.fid_features import INCEPTION_FILE, INCEPTION_URL, frechet_distance, statistics
 from eval.fid_generate import generate_images, generation_totals, image_path, image_seed, shard_batches
@@ -468,7 +469,7 @@ def test_deepcache_alone_is_the_baseline_flag_with_an_interval(tmp_path):
     args = parser.parse_args(fid_argv(tmp_path, tmp_path / "o", tmp_path / "s", "--deepcache-interval", "3"))
     args.gate, args.baseline, args.out = None, True, None
     fid.check_arguments(parser, args, fid.get_model("sd15"))
-    assert args.gate is None and args.deepcache == {"deepcache_interval": 3, "deepcache_branch": 0}
+    assert args.gate is None and args.schedule == TgateSchedule(None, deepcache_interval=3, deepcache_branch=0)
     assert args.out.name == "sd15_baseline_dc3_br0_tiny"
     assert fid.describe(args) == "DeepCache interval 3, branch 0"
 

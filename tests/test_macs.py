@@ -13,7 +13,11 @@ from common.architectures import build_denoiser, denoiser_inputs
 from common.models import CONFIG_ROOT, MODELS, PAPER_MODELS
 from common.schedule import TgateSchedule
 from common.tiny import tiny_sd_components
-from eval import macs
+from common.gate import gated_sampling
+from common.models import get_model
+from common import step_macs
+from common.step_macs import StepCounter, flop_counter_macs, projections, runs_guidance
+from eval import macs, macs_paper, macs_tables
 
 STEPS = 7
 
@@ -106,14 +110,14 @@ def test_tgate_total_is_gate_guided_forwards_plus_gated_forwards(case):
     gated_forward = calflops_macs(without_attn2(denoiser), denoiser_inputs(denoiser, 1, RESOLUTION))
     assert gated_forward < guided_forward
 
-    forward = macs.forward_macs(denoiser, RESOLUTION, guided)
-    assert not has_hooks(denoiser)  # the gate is removed after counting
+    counter = StepCounter(denoiser, RESOLUTION, guided)
     for gate in (1, 3, STEPS - 1):
-        assert macs.run_macs(forward, STEPS, gate) == (
+        assert counter.run_macs(STEPS, TgateSchedule(gate)) == (
             STEPS * guided_forward, gate * guided_forward + (STEPS - gate) * gated_forward
         ), gate
+    assert not has_hooks(denoiser)  # the gate is removed after counting
     for gate in (STEPS, STEPS + 5):  # no step is gated: the stock run
-        assert macs.run_macs(forward, STEPS, gate) == (STEPS * guided_forward,) * 2
+        assert counter.run_macs(STEPS, TgateSchedule(gate)) == (STEPS * guided_forward,) * 2
         assert macs.parameter_counts(denoiser, STEPS, gate) == (sum(p.numel() for p in denoiser.parameters()),) * 2
 
 
@@ -142,13 +146,11 @@ def test_v2_total_sums_the_official_step_kinds_counted_independently(case):
     forwards[True, "at"] = forwards[True, "before"]
     assert forwards[False, "before"] < forwards[True, "before"] and forwards[False, "after"] < forwards[True, "after"]
 
-    counter = macs.StepCounter(denoiser, RESOLUTION, guided)
+    counter = StepCounter(denoiser, RESOLUTION, guided)
     for setting in [(3, 2, 2, 1), (5, 3, 1, 2), (1, 2, 3, 0), (STEPS, 2, 1, 0), (4, 1, 1, 0)]:
         expected = sum(forwards[official_v2_step(step, *setting)] for step in range(STEPS))
         assert counter.run_macs(STEPS, TgateSchedule(*setting)) == (STEPS * forwards[True, "before"], expected), setting
     assert not has_hooks(denoiser)  # the gate is removed after counting
-    # v1 (sp = fi = 1) is the closed form of the three v1 kinds of step
-    assert counter.run_macs(STEPS, TgateSchedule(4)) == macs.run_macs(counter.forward_macs(), STEPS, 4)
 
 
 def test_pixart_alpha_reproduces_the_v1_and_v2_tables_at_their_settings(tmp_path, capsys):
@@ -158,11 +160,11 @@ def test_pixart_alpha_reproduces_the_v1_and_v2_tables_at_their_settings(tmp_path
     assert [tuple(row) for row in (v1, v2)] == [macs.ROW_KEYS] * 2
     assert (v1["gate"], v1["sp_interval"], v1["fi_interval"], v1["warm_up"]) == (8, 1, 1, 0)
     assert (v2["steps"], v2["gate"], v2["sp_interval"], v2["fi_interval"], v2["warm_up"]) == (25, 15, 3, 1, 2)
-    paper = macs.v2_paper_counts(MODELS["pixart_alpha"])
+    paper = macs_paper.v2_paper_counts(MODELS["pixart_alpha"])
     assert paper == {"macs_baseline": 107.031e12, "macs_tgate": 73.971e12}
     for metric, value in paper.items():
-        assert abs(macs.deviation(v2[metric], value)) <= macs.TOLERANCE, metric
-    assert macs.format_count(v2["macs_tgate"], "macs_tgate") == "73.972T"
+        assert abs(macs_paper.deviation(v2[metric], value)) <= macs_paper.TOLERANCE, metric
+    assert macs_tables.format_count(v2["macs_tgate"], "macs_tgate") == "73.972T"
     assert v2["macs_baseline"] == v1["macs_baseline"] and v2["macs_tgate"] > v1["macs_tgate"]  # gate 15 vs 8
     printed = capsys.readouterr().out
     assert "TGATE-V2 (official V2 README table" in printed
@@ -213,7 +215,7 @@ def test_tgate_parameters_leave_out_exactly_the_attn2_modules(real_denoisers):
 
 
 def test_guidance_follows_the_pipelines_rule(real_denoisers):
-    guided = {key: macs.runs_guidance(MODELS[key], denoiser) for key, denoiser in real_denoisers.items()}
+    guided = {key: runs_guidance(MODELS[key], denoiser) for key, denoiser in real_denoisers.items()}
     assert guided == {"sd15": True, "sd21": True, "sdxl": True, "pixart_alpha": True,
                       "lcm_sdxl": False, "lcm_pixart": False}
 
@@ -229,12 +231,12 @@ def test_sd15_reproduces_the_paper_at_gate_5_not_at_the_example_gate_10(tmp_path
     assert all(isinstance(row[key], int) for row in rows for key in macs.ROW_KEYS[1:])
     assert [(row["model"], row["steps"], row["gate"]) for row in rows] == [("sd15", 25, 10), ("sd15", 25, 5)]
 
-    paper = macs.paper_counts(MODELS["sd15"])
+    paper = macs_paper.paper_counts(MODELS["sd15"])
     assert paper["macs_tgate"] == 9.875e12 and paper["params_baseline"] == 859.520e6
     example, matching = rows
-    assert abs(macs.deviation(example["macs_tgate"], paper["macs_tgate"])) > 0.1
-    for metric in macs.METRICS:
-        assert abs(macs.deviation(matching[metric], paper[metric])) <= macs.TOLERANCE, metric
+    assert abs(macs_paper.deviation(example["macs_tgate"], paper["macs_tgate"])) > 0.1
+    for metric in macs_paper.METRICS:
+        assert abs(macs_paper.deviation(matching[metric], paper[metric])) <= macs_paper.TOLERANCE, metric
     assert example["macs_baseline"] == matching["macs_baseline"]
     assert example["params_baseline"] == documented_parameter_counts()["sd15"]
     assert example["params_tgate"] == matching["params_tgate"] < example["params_baseline"]
@@ -310,7 +312,7 @@ def test_toy_is_counted_at_its_own_latent_size():
     toy = get_model("toy")
     assert vae_scale_factor(toy) == 2 and vae_scale_factor(get_model("lcm_sdxl")) == 8
     unet = UNet2DConditionModel.from_pretrained(toy.checkpoint, subfolder="unet").eval()
-    guided = macs.count_forward_macs(unet, denoiser_inputs(unet, 2, toy.resolution, vae_factor=2))
+    guided = calflops_macs(unet, denoiser_inputs(unet, 2, toy.resolution, vae_factor=2))
     assert denoiser_inputs(unet, 2, toy.resolution, vae_factor=2)["sample"].shape[-1] == 8
     row = macs.macs_row(toy)
     assert row["macs_baseline"] == toy.steps * guided
@@ -321,7 +323,7 @@ def test_toy_is_counted_at_its_own_latent_size():
 
 def test_deepcache_runs_sum_full_and_partial_forwards_counted_through_the_hooks():
     denoiser = tiny_sdxl_unet().to("meta")
-    counter = macs.StepCounter(denoiser, RESOLUTION, True)
+    counter = StepCounter(denoiser, RESOLUTION, True)
     full = counter.stock_step()
     for branch in (0, 1, 3):
         alone = TgateSchedule(None, deepcache_interval=3, deepcache_branch=branch)
@@ -342,9 +344,9 @@ def test_deepcache_runs_sum_full_and_partial_forwards_counted_through_the_hooks(
 
 
 def test_a_partial_step_without_deep_features_to_reuse_is_refused():
-    counter = macs.StepCounter(tiny_sdxl_unet().to("meta"), RESOLUTION, True)
-    with macs.gated_sampling(counter.denoiser, TgateSchedule(None, deepcache_interval=2), True) as call, \
-            macs._projections(counter.denoiser) as ran:
+    counter = StepCounter(tiny_sdxl_unet().to("meta"), RESOLUTION, True)
+    with gated_sampling(counter.denoiser, TgateSchedule(None, deepcache_interval=2), True) as call, \
+            projections(counter.denoiser) as ran:
         call.follows_loop, call.step = True, 1  # a partial step with no full step before it
         with pytest.raises(RuntimeError, match="deep blocks computed at a step planned to reuse"):
             counter._count(TgateSchedule(None, deepcache_interval=2).plan(1), ran)
@@ -384,9 +386,27 @@ def test_bad_deepcache_flags_exit_with_a_short_message(capsys, argv, message):
 
 
 def test_the_deepcache_rows_are_sdxls_at_the_matching_setting_and_the_official_defaults():
-    counted = macs.Counted(macs.get_model("lcm_sdxl"), None, None, 1024)  # not the paper's DeepCache model
-    assert macs.deepcache_paper_counts(counted.spec) is None
-    assert macs.deepcache_setting(macs.DEEPCACHE_PAPER["matching_settings"]) == (25, 13, (3, 1))
-    assert macs.deepcache_setting(macs.DEEPCACHE_PAPER["settings"]) == (25, 10, (3, 0))
-    assert macs.deepcache_paper_counts(macs.get_model("sdxl")) == {"macs_baseline": 57.888e12,
+    counted = macs.Counted(get_model("lcm_sdxl"), None, None, 1024)  # not the paper's DeepCache model
+    assert macs_paper.deepcache_paper_counts(counted.spec) is None
+    assert macs_paper.deepcache_setting(macs_paper.DEEPCACHE_PAPER["matching_settings"]) == macs_paper.TableSetting(
+        25, TgateSchedule(13, deepcache_interval=3, deepcache_branch=1))
+    assert macs_paper.deepcache_setting(macs_paper.DEEPCACHE_PAPER["settings"]) == macs_paper.TableSetting(
+        25, TgateSchedule(10, deepcache_interval=3, deepcache_branch=0))
+    assert macs_paper.deepcache_paper_counts(get_model("sdxl")) == {"macs_baseline": 57.888e12,
                                                                   "macs_tgate": 43.868e12}
+
+
+# --- The counter of one forward, per model ---------------------------------------------------------------
+
+
+def test_flop_counter_macs_counts_a_linear_layer_and_goes_through_the_gate(monkeypatch):
+    linear = torch.nn.Linear(8, 4, bias=False)
+    assert flop_counter_macs(linear, {"input": torch.zeros(3, 8)}) == 3 * 8 * 4  # batch x in x out
+    denoiser = TINY_CASES["sd"][0]().to("meta")
+    counter = StepCounter(denoiser, RESOLUTION, True, count=flop_counter_macs)
+    stock, tgate = counter.run_macs(STEPS, TgateSchedule(2))
+    assert stock == STEPS * flop_counter_macs(denoiser, denoiser_inputs(denoiser, 2, RESOLUTION)) and tgate < stock
+    # a model is counted with calflops unless the registry of counters names another one for it
+    assert step_macs.macs_count_for(MODELS["sd15"]) is step_macs.calflops_macs
+    monkeypatch.setitem(step_macs.MACS_COUNTERS, "sd15", flop_counter_macs)
+    assert step_macs.macs_count_for(MODELS["sd15"]) is flop_counter_macs

@@ -16,7 +16,9 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 from common.architectures import VAE_SCALE_FACTOR, denoiser_inputs
 from common.gate import cross_attention_modules
 from common.models import MODELS
-from eval import macs, observation
+from common.schedule import TgateSchedule
+from common.step_macs import calflops_macs
+from eval import observation
 from eval.observation_probes import (
     clean_latents_from_prediction,
     level_of,
@@ -288,13 +290,14 @@ def test_gate_sweep_counts_macs_like_eval_macs_and_its_last_gate_is_stock():
     assert not np.array_equal(pixels(points[0].image), pixels(points[-1].image))
     # stock: one guided forward (batch 2) per step, counted on the tiny UNet itself at its 16x16 latents
     inputs = denoiser_inputs(pipe.unet, 2, 16 * VAE_SCALE_FACTOR)
-    assert points[-1].macs == points[-1].stock_macs == STEPS * macs.count_forward_macs(pipe.unet, inputs)
+    assert points[-1].macs == points[-1].stock_macs == STEPS * calflops_macs(pipe.unet, inputs)
     assert points[0].macs < points[0].stock_macs and all(point.seconds > 0 for point in points)
 
 
 def test_gate_sweep_runs_tgate_v2_and_counts_its_macs():
     run_settings = settings("sd15", "--gates", "3,5", "--sp-interval", "2", "--out", "unused")
-    assert run_settings.intervals == (2, 1, 0) and settings("pixart_sigma").intervals == (3, 1, 2)  # registry's
+    assert run_settings.schedule == TgateSchedule(10, sp_interval=2)  # the model's gate and intervals, sp given
+    assert settings("pixart_sigma").schedule == TgateSchedule(15, sp_interval=3, warm_up=2)  # the registry's V2
     pipe = tiny_pipe("sd15")
     points = observation.gate_sweep(pipe, run_settings)
     v1 = observation.gate_sweep(pipe, settings("sd15", "--gates", "3,5", "--out", "unused"))

@@ -39,12 +39,11 @@ def toy_fd(features_a: np.ndarray, features_b: np.ndarray) -> float:
 
 def denoiser_macs(pipe, steps: int, guidance: float) -> Callable[[int | None], int]:
     """eval/macs.py's count of one run's denoiser MACs per image at the toy's size, as a function of the gate."""
-    from eval.macs import forward_macs, run_macs
+    from common.schedule import TgateSchedule
+    from common.step_macs import pipeline_counter
 
-    with torch.device("meta"):
-        architecture = type(pipe.unet).from_config(pipe.unet.config).eval()
-    forward = forward_macs(architecture, pipe.native_resolution, pipe.uses_guidance(guidance), pipe.vae_scale_factor)
-    return lambda gate: run_macs(forward, steps, steps if gate is STOCK else gate)[1]
+    counter = pipeline_counter(pipe, pipe.native_resolution, pipe.uses_guidance(guidance))
+    return lambda gate: counter.total(TgateSchedule(gate), steps)
 
 
 def requested_digits(per_digit: int, styles: list[str]) -> tuple[list[str], np.ndarray]:
