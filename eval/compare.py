@@ -129,7 +129,7 @@ def result_rows(run: ToyRun, variants: list[Variant], measured: dict[str, dict],
     count = len(run.prompts)
     rows = []
     for variant in variants:
-        row = {"name": variant.name, "method": variant.method, "setting": variant.setting}
+        row = {"name": variant.name, "method": variant.method, "setting": variant.setting, "caveat": variant.caveat}
         entry = measured.get(variant.name)
         if entry is None:
             status = "does not compose" if variant.does_not_compose else "not run"

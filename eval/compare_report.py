@@ -50,8 +50,11 @@ def markdown_table(results: dict) -> str:
         lines.append(f"| {reference['setting']} | - | - | - | - | - | - | - | - | "
                      f"{reference['accuracy'] * 100:.1f}% | {reference['toy_fd']:.1f} |")
     others = [row for row in rows if row["status"] != "ran"]
-    if others:
+    caveats = {row["caveat"]: [r["name"] for r in ran(rows) if r.get("caveat") == row["caveat"]]
+               for row in ran(rows) if row.get("caveat")}
+    if others or caveats:
         lines.append("")
+        lines += [f"- {', '.join(names)}: ran, but: {caveat}" for caveat, names in caveats.items()]
         lines += [f"- {row['name']}: {row['status']}: {row['reason']}" for row in others]
     lines.append("")
     lines.append(f"Bold: on the Pareto front of loop speedup against PSNR. PSNR and SSIM against stock on the same "
@@ -72,21 +75,25 @@ def plot(results: dict, path: Path) -> None:
     psnr_of = {row["name"]: identical_at if math.isinf(row["psnr"]) else row["psnr"] for row in points}
     front = [row for row in points if row["name"] in set(results.get("pareto_front_psnr", []))]
     figure, axes = plt.subplots(figsize=(7.5, 5))
+    identical = 0
     for row in points:
         axes.scatter(psnr_of[row["name"]], row["speedup"], s=36, zorder=3)
+        offset, align = (5, 4), "left"
+        if math.isinf(row["psnr"]):  # identical variants share one x at the right edge: labels to the left, staggered
+            offset, align, identical = (-5, 4 - 11 * identical), "right", identical + 1
         axes.annotate(row["name"], (psnr_of[row["name"]], row["speedup"]), textcoords="offset points",
-                      xytext=(5, 4), fontsize=8)
+                      xytext=offset, fontsize=8, ha=align)
     front.sort(key=lambda row: psnr_of[row["name"]])
     axes.plot([psnr_of[row["name"]] for row in front], [row["speedup"] for row in front], "--", color="gray",
               zorder=2, label="Pareto front")
     axes.scatter([psnr_of[row["name"]] for row in front], [row["speedup"] for row in front], s=140,
                  facecolors="none", edgecolors="black", zorder=4)
     axes.axvline(identical_at, color="lightgray", linewidth=0.8)
-    axes.text(identical_at, axes.get_ylim()[0], " identical\n to stock", fontsize=7, va="bottom")
+    axes.text(identical_at, axes.get_ylim()[1], "identical to stock ", fontsize=7, va="top", ha="right")
     axes.set_xlabel("PSNR to stock, same seeds (dB; higher is closer)")
     axes.set_ylabel("denoising-loop speedup over stock")
     axes.set_title(results["title"], fontsize=10)
-    axes.legend(loc="upper right", fontsize=8)
+    axes.legend(loc="lower left", fontsize=8)
     axes.grid(alpha=0.3)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,12 @@ FASTER_CACHE_ON_TWO_CALLS = (
     "guides with two calls (cond, then uncond) of the prompts' batch B: at B = 1 it raises IndexError, at an "
     "even B it takes the first B/2 prompts for the unconditional branch and rebuilds them from the other "
     "half's output (no error, wrong images)")
+# Measured on the toy (tests/test_compare.py): PAB counts calls per attention module, not steps or branches.
+PAB_ON_TWO_CALLS = (
+    "PAB counts calls per attention module and keeps one cache for both of WanPipeline's calls per step: in its "
+    "timestep range the unconditional call reuses the conditional call's output of the same step (the cond call "
+    "is always the one computed), so the reuse is across branches, not across steps, and reused cross-attention "
+    "carries the prompt into the unconditional branch (weaker guidance)")
 
 
 @dataclass
@@ -39,6 +45,7 @@ class Variant:
     call_kwargs: dict = field(default_factory=dict)  # extra pipeline call arguments (TGATE's gate_step, ...)
     not_run: str | None = None  # why this variant cannot run here yet (it is listed with this reason)
     does_not_compose: str | None = None  # why the method cannot work with this pipeline (listed, not run)
+    caveat: str | None = None  # it runs, but not as the method intends on this pipeline (printed with the table)
 
 
 def calibrate_mag_ratios(pipe, call: Callable[..., Any], steps: int) -> list[float]:
@@ -84,11 +91,13 @@ def diffusers_cache_variants(mag_ratios: list[float] | None) -> list[Variant]:
 
     variants = [
         Variant("PAB (docs)", "PyramidAttentionBroadcast", "spatial every 2nd call, timesteps (100, 800)",
-                pab(spatial_attention_block_skip_range=2, spatial_attention_timestep_skip_range=(100, 800))),
+                pab(spatial_attention_block_skip_range=2, spatial_attention_timestep_skip_range=(100, 800)),
+                caveat=PAB_ON_TWO_CALLS),
         Variant("PAB (fast)", "PyramidAttentionBroadcast",
                 "spatial every 2nd, cross every 6th call (PAB paper), timesteps (100, 900)",
                 pab(spatial_attention_block_skip_range=2, cross_attention_block_skip_range=6,
-                    spatial_attention_timestep_skip_range=(100, 900), cross_attention_timestep_skip_range=(100, 900))),
+                    spatial_attention_timestep_skip_range=(100, 900), cross_attention_timestep_skip_range=(100, 900)),
+                caveat=PAB_ON_TWO_CALLS),
         Variant("FasterCache (default)", "FasterCache", "defaults", does_not_compose=FASTER_CACHE_ON_TWO_CALLS),
         Variant("FirstBlockCache (default)", "FirstBlockCache", "threshold 0.05",
                 lambda pipe, steps: FirstBlockCacheConfig()),

@@ -81,6 +81,25 @@ def test_faster_cache_raises_index_error_on_wan_two_call_guidance_at_batch_one()
         pipe("the digit 3", num_inference_steps=4, **CALL_DEFAULTS)
 
 
+def test_pab_gives_the_unconditional_call_the_conditional_calls_output_within_its_range():
+    """The claim written in PAB's caveat: on WanPipeline's two calls per step, inside PAB's timestep range the
+    uncond call's self-attention output is the cond call's of the same step; outside it the two differ."""
+    from diffusers import PyramidAttentionBroadcastConfig
+
+    pipe = get_model("wan_toy").tiny_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    pipe.transformer.enable_cache(PyramidAttentionBroadcastConfig(
+        spatial_attention_block_skip_range=2, spatial_attention_timestep_skip_range=(100, 800),
+        current_timestep_callback=lambda: pipe.current_timestep))
+    outputs = []
+    pipe.transformer.blocks[1].attn1.register_forward_hook(
+        lambda module, args, output: outputs.append((float(pipe.current_timestep), output.clone())))
+    pipe("the digit 3", num_inference_steps=8, **CALL_DEFAULTS)
+    pairs = [(outputs[i][0], torch.equal(outputs[i][1], outputs[i + 1][1])) for i in range(0, len(outputs), 2)]
+    assert len(pairs) == 8
+    assert all(same == (100 < timestep < 800) for timestep, same in pairs), pairs
+
+
 def test_psnr_and_ssim_against_hand_computed_values():
     a = np.full((2, 8, 8, 3), 0.5)
     b = np.full((2, 8, 8, 3), 0.6)
