@@ -94,7 +94,7 @@ def run_variants(run: ToyRun, variants: list[Variant], repeats: int) -> dict[str
     for variant in tqdm(runnable, desc="counted runs (MACs, memory, frames)"):
         try:
             with variant_enabled(run.pipe, variant, run.steps):
-                cost = run_counted(lambda **kw: run(**kw), run.pipe.transformer)
+                cost = run_counted(lambda **kw: run(**variant.call_kwargs, **kw), run.pipe.transformer)
         except Exception as error:  # noqa: BLE001 - one failing variant is a result; the others still run
             measured[variant.name] = {"status": "failed", "reason": f"{type(error).__name__}: {error}"}
             continue
@@ -107,7 +107,7 @@ def run_variants(run: ToyRun, variants: list[Variant], repeats: int) -> dict[str
         order = timed[repeat % len(timed):] + timed[:repeat % len(timed)]  # rotate: no variant always first
         for variant in order:
             with variant_enabled(run.pipe, variant, run.steps):
-                cost = run_timed(lambda **kw: run(**kw), run.pipe.transformer)
+                cost = run_timed(lambda **kw: run(**variant.call_kwargs, **kw), run.pipe.transformer)
             entry = measured[variant.name]
             entry["seconds"].append(cost.loop_seconds)
             entry["cpu_seconds"].append(cost.loop_cpu_seconds)
