@@ -75,12 +75,13 @@ def plot(results: dict, path: Path) -> None:
     psnr_of = {row["name"]: identical_at if math.isinf(row["psnr"]) else row["psnr"] for row in points}
     front = [row for row in points if row["name"] in set(results.get("pareto_front_psnr", []))]
     figure, axes = plt.subplots(figsize=(7.5, 5))
-    identical = 0
+    # identical variants share one x at the right edge: labels to the left, stacked from the fastest down
+    identical = sorted((row for row in points if math.isinf(row["psnr"])), key=lambda row: -row["speedup"])
     for row in points:
         axes.scatter(psnr_of[row["name"]], row["speedup"], s=36, zorder=3)
         offset, align = (5, 4), "left"
-        if math.isinf(row["psnr"]):  # identical variants share one x at the right edge: labels to the left, staggered
-            offset, align, identical = (-5, 4 - 11 * identical), "right", identical + 1
+        if math.isinf(row["psnr"]):
+            offset, align = (-8, 4 - 11 * identical.index(row)), "right"
         axes.annotate(row["name"], (psnr_of[row["name"]], row["speedup"]), textcoords="offset points",
                       xytext=offset, fontsize=8, ha=align)
     front.sort(key=lambda row: psnr_of[row["name"]])
