@@ -234,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         "mag_ratios": mag_ratios,
         "conventions": {"macs": "denoiser only, FlopCounterMode FLOPs / 2 while running, attention included",
                         "loop_seconds": f"{args.clock} seconds from the first denoiser forward to the last step's "
-                                        "end; median of interleaved repeats", "peak_mb": "tensors alive during the loop above those at its start",
+                                        "end; median of interleaved repeats",
+                        "peak_mb": "tensors alive during the loop above those at its start",
                         "fidelity": "PSNR (dB) and SSIM of decoded frames against stock, same seeds",
                         "toy": "digit classifier accuracy and toy-FD (classifier features, not Inception FID) "
                                "on frame 0"},

@@ -34,8 +34,8 @@ def markdown_table(results: dict) -> str:
     front = set(results.get("pareto_front_psnr", []))
     clock = results.get("settings", {}).get("clock", "wall")
     lines = [
-        f"| variant | setting | denoiser MACs / image | MACs vs stock | loop s ({clock}) | speedup | peak MB | PSNR dB | "
-        "SSIM | accuracy | toy-FD |",
+        f"| variant | setting | denoiser MACs / image | MACs vs stock | loop s ({clock}) | speedup | peak MB | "
+        "PSNR dB | SSIM | accuracy | toy-FD |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in ran(rows):

@@ -109,7 +109,8 @@ def frames_as_images(video: Any, frame: int = 0) -> np.ndarray:
     as the (B, H, W, 3) images the digit classifier reads."""
     array = np.asarray(video)
     if array.ndim != 5:
-        raise ValueError(f"expected videos as a (batch, frames, height, width, channels) array, got shape {array.shape}")
+        raise ValueError(f"expected videos as a (batch, frames, height, width, channels) array, "
+                         f"got shape {array.shape}")
     if not -array.shape[1] <= frame < array.shape[1]:
         raise ValueError(f"frame {frame} is outside the videos' {array.shape[1]} frames")
     return array[:, frame]

@@ -213,8 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--vae-steps", type=int, default=DEFAULTS["vae_steps"],
                         help=f"optimizer steps of the VAE (default {DEFAULTS['vae_steps']})")
     parser.add_argument("--vae-batch-size", type=int, default=DEFAULTS["vae_batch_size"],
-                        help=f"batch size of the VAE (default {DEFAULTS['vae_batch_size']}: per image its 3D convolutions "
-                        "cost about 2.5 times a transformer step)")
+                        help=f"batch size of the VAE (default {DEFAULTS['vae_batch_size']}: per image its 3D "
+                        "convolutions cost about 2.5 times a transformer step)")
     parser.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"],
                         help=f"batch size of the transformer (default {DEFAULTS['batch_size']})")
     parser.add_argument("--seed", type=int, default=DEFAULTS["seed"], help=f"the seed (default {DEFAULTS['seed']})")
