@@ -20,6 +20,7 @@ COMMON_DIR = Path(__file__).resolve().parent
 CONFIG_ROOT = COMMON_DIR / "model_configs"
 TOY_MODEL = "toy"  # the registry key of the toy digits model (not in the paper)
 TOY_CHECKPOINT = COMMON_DIR.parent / "eval" / "toy" / "checkpoint"  # trained here by eval/toy/train.py
+WAN_TOY_CHECKPOINT = COMMON_DIR.parent / "eval" / "wan_toy" / "checkpoint"  # trained by eval/wan_toy/train.py
 PAPER = json.loads((COMMON_DIR / "paper_results.json").read_text())
 
 
@@ -259,6 +260,27 @@ MODELS: dict[str, ModelSpec] = {
         note="a 16x16 text-to-image model of handwritten digits trained by eval/toy/train.py; "
         'prompts "a handwritten digit <word>" and "the digit <numeral>"',
         configs=str(TOY_CHECKPOINT),
+    ),
+    # Not in the paper: the same digits on Wan 2.1's architecture (two-call guidance), trained by
+    # eval/wan_toy/train.py; a stock WanPipeline until TGATE's two-call gate lands.
+    "wan_toy": ModelSpec(
+        key="wan_toy",
+        title="Wan toy digits (trained here, not a paper model)",
+        pipeline="diffusers:WanPipeline",
+        checkpoint=str(WAN_TOY_CHECKPOINT),
+        steps=20,
+        gate_step=8,  # 40% of the steps, as the Wan estimate in DESIGN.md (gate 20 of 50)
+        guidance_scale=5.0,
+        resolution=16,
+        prompt="a handwritten digit seven",
+        seed=0,
+        scheduler=None,  # the checkpoint's UniPCMultistepScheduler (flow prediction)
+        tiny="eval.wan_toy.model:tiny_components",
+        denoiser="transformer",
+        loader="eval.wan_toy.model:load_for_registry",
+        note="one 16x16 frame of a handwritten digit; call with height=16, width=16, num_frames=1 "
+        "(eval.wan_toy.model.CALL_DEFAULTS)",
+        configs=str(WAN_TOY_CHECKPOINT),
     ),
 }
 
