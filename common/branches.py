@@ -199,12 +199,16 @@ class BranchCut:
         return _map_tensors(output, lambda tensor: torch.cat([tensor, tensor]) if tensor.ndim else tensor)
 
 
-def branch_cut(denoiser: torch.nn.Module, forward: Callable, pipeline_class: type | None) -> BranchCut:
-    """The :class:`BranchCut` of ``denoiser`` (whose original forward is ``forward``) in ``pipeline_class``."""
+def branch_cut(denoiser: torch.nn.Module, pipeline_class: type | None) -> BranchCut:
+    """The :class:`BranchCut` of ``denoiser`` in ``pipeline_class``.
+
+    Inputs are named by the architecture's own ``forward`` (its class's): a wrapper set on the instance (a timer,
+    a profiler) takes ``*args, **kwargs`` and hands them on, so it is called with the same names."""
+    cls = type(_unwrapped(denoiser))
+    signature = inspect.signature(cls.forward)
+    signature = signature.replace(parameters=list(signature.parameters.values())[1:])  # without self
     positive = positive_only_inputs(pipeline_class) if pipeline_class is not None else frozenset()
-    return BranchCut(
-        type(_unwrapped(denoiser)).__name__, inspect.signature(forward), per_sample_inputs(denoiser), positive
-    )
+    return BranchCut(cls.__name__, signature, per_sample_inputs(denoiser), positive)
 
 
 BATCHED, TWO_CALLS = "batched", "two_calls"

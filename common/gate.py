@@ -564,7 +564,7 @@ def gated_sampling(
     check_deepcache(denoisers, schedule)
     call = TgateCall(schedule, guided if callable(guided) else (lambda: guided), pipeline_class)
     # Known before any hook is installed: a denoiser whose per-sample inputs TGATE does not know is refused here.
-    call.cuts = {id(d): branch_cut(d, getattr(d, "_orig_mod", d).forward, pipeline_class) for d in denoisers}
+    call.cuts = {id(d): branch_cut(d, pipeline_class) for d in denoisers}
     groups = hook_groups(schedule)
     with contextlib.ExitStack() as hooks:
         for denoiser in denoisers:

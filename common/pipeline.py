@@ -175,7 +175,10 @@ def _register_with_diffusers(cls: type) -> None:
     TGATE class gets the key ``tgate-<key>`` of its stock class, so a TGATE text-to-image pipeline maps to the
     TGATE image-to-image class of its family (where one exists) and back.
     """
-    stock = next(base for base in cls.__mro__[1:] if base.__module__.startswith("diffusers."))
+    # The class it gates, as its first non-TGATE pipeline base: a TGATE class of a user's own subclass of a
+    # diffusers pipeline maps no task (it would take the place of diffusers' own class there).
+    stock = next(base for base in cls.__mro__[1:] if issubclass(base, diffusers.DiffusionPipeline)
+                 and not issubclass(base, TgateMixin))
     setattr(diffusers, cls.__name__, cls)
     setattr(diffusers.pipelines, cls.__name__, cls)  # diffusers' own test tooling looks classes up there
     for mapping in auto_pipeline.SUPPORTED_TASKS_MAPPINGS:

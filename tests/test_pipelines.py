@@ -297,7 +297,6 @@ def test_tgate_pipeline_gates_a_class_we_did_not_write():
 
 
 @pytest.mark.parametrize("pipeline_class, message", [
-    (WanPipeline, "once per branch"),
     (StableDiffusionPAGPipeline, "perturbed-attention guidance"),
     (StableDiffusionSAGPipeline, r"calls its denoiser in \d+ places"),
     (DDPMPipeline, "neither a do_classifier_free_guidance property nor a guidance_scale parameter"),
@@ -307,6 +306,13 @@ def test_tgate_pipeline_gates_a_class_we_did_not_write():
 def test_tgate_class_refuses_what_it_cannot_gate(pipeline_class, message):
     with pytest.raises(ValueError, match=message):
         tgate_class(pipeline_class)
+
+
+def test_two_call_guidance_is_accepted_and_its_class_is_the_repositorys():
+    """Wan guides with one call per branch: gated since the gate reads its layout on the tensors (test_wan_gate)."""
+    from Wan.pipeline import TgateWanPipeline
+
+    assert tgate_class(WanPipeline) is TgateWanPipeline
 
 
 def test_tgate_class_takes_a_pipeline_class():
