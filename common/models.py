@@ -262,11 +262,11 @@ MODELS: dict[str, ModelSpec] = {
         configs=str(TOY_CHECKPOINT),
     ),
     # Not in the paper: the same digits on Wan 2.1's architecture (two-call guidance), trained by
-    # eval/wan_toy/train.py; a stock WanPipeline until TGATE's two-call gate lands.
+    # eval/wan_toy/train.py.
     "wan_toy": ModelSpec(
         key="wan_toy",
         title="Wan toy digits (trained here, not a paper model)",
-        pipeline="diffusers:WanPipeline",
+        pipeline="Wan.pipeline:TgateWanPipeline",
         checkpoint=str(WAN_TOY_CHECKPOINT),
         steps=20,
         gate_step=8,  # 40% of the steps, as the Wan estimate in DESIGN.md (gate 20 of 50)

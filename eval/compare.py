@@ -8,7 +8,7 @@ loop's time (median of ``--repeats`` runs, the variants interleaved round-robin 
 all alike) and its speedup over stock, the loop's peak memory, the decoded frames' PSNR and SSIM against stock
 on the same seeds, and the toy's own measures (the digit classifier's accuracy, toy-FD on the first frame).
 Variants that cannot run are listed with the reason (a cache that does not compose with the pipeline's
-guidance, TGATE variants waiting for the two-call gate).
+guidance, a stack that fails on the run).
 """
 
 from __future__ import annotations
@@ -155,19 +155,20 @@ def result_rows(run: ToyRun, variants: list[Variant], measured: dict[str, dict],
     return rows
 
 
-def all_variants(mag_ratios: list[float] | None) -> list[Variant]:
-    return [stock_variant(), *tgate_variants(), *diffusers_cache_variants(mag_ratios)]
+def all_variants(mag_ratios: list[float] | None, gate: int, steps: int) -> list[Variant]:
+    return [stock_variant(), *tgate_variants(gate, steps, mag_ratios), *diffusers_cache_variants(mag_ratios)]
 
 
-def select_variants(parser, names: list[str] | None, mag_ratios: list[float] | None) -> list[Variant]:
+def select_variants(parser, names: list[str] | None, mag_ratios: list[float] | None, gate: int,
+                    steps: int) -> list[Variant]:
     """Every variant, or stock (the reference, always) and those named."""
     if not names:
-        return all_variants(mag_ratios)
-    known = [variant.name for variant in all_variants([1.0])]  # the names MagCache's variants take once calibrated
+        return all_variants(mag_ratios, gate, steps)
+    known = [v.name for v in all_variants([1.0], gate, steps)]  # the names MagCache's variants take once calibrated
     unknown = sorted(set(names) - set(known))
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from: {', '.join(known)}")
-    return [variant for variant in all_variants(mag_ratios) if variant.name == "stock" or variant.name in names]
+    return [v for v in all_variants(mag_ratios, gate, steps) if v.name == "stock" or v.name in names]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", type=Path, help="pipeline folder (default: the model's committed checkpoint)")
     parser.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
     parser.add_argument("--guidance", type=float, default=5.0, help="guidance scale (default 5, Wan's)")
+    parser.add_argument("--gate", type=int, default=None,
+                        help="TGATE's gate step (default: 40%% of the steps, the paper's 10 of 25: 8 of 20)")
     parser.add_argument("--per-digit", type=int, default=10,
                         help="prompts per digit, one batched call per run (default 10: 100 frames)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every run's initial noise (default 0)")
@@ -208,7 +211,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--steps, --per-digit, --repeats and --threads must be >= 1, --guidance >= 0")
     if args.tiny and args.checkpoint:
         parser.error("--tiny builds random components; it takes no --checkpoint")
-    select_variants(parser, args.variants, None)  # unknown names fail before anything runs
+    gate = max(1, round(0.4 * args.steps)) if args.gate is None else args.gate
+    if not 1 <= gate <= args.steps:
+        parser.error(f"--gate must be between 1 and --steps ({args.steps}), got {gate}")
+    select_variants(parser, args.variants, None, gate, args.steps)  # unknown names fail before anything runs
     from eval.wan_toy.model import TEXT_LENGTH
 
     torch.set_num_threads(args.threads)
@@ -217,16 +223,16 @@ def main(argv: list[str] | None = None) -> int:
     started, cpu_started, load_before = time.perf_counter(), time.process_time(), os.getloadavg()[0]
     run(prompts=run.prompts[:2], steps=2)  # warm-up, untimed
     mag_ratios = None
-    if not args.variants or any(name.startswith("MagCache") for name in args.variants):
+    if not args.variants or any("MagCache" in name for name in args.variants):
         print("calibrating MagCache's ratios (diffusers' calibration mode, 1 prompt per digit, seed + 1)")
         mag_ratios = calibrate_mag_ratios(pipe, lambda: run(prompts=run.prompts[::args.per_digit], seed=args.seed + 1),
                                           args.steps)
-    variants = select_variants(parser, args.variants, mag_ratios)
+    variants = select_variants(parser, args.variants, mag_ratios, gate, args.steps)
     measured = run_variants(run, variants, args.repeats)
     rows = result_rows(run, variants, measured, args.clock)
     results = {
         "title": f"{args.model}{' (tiny random weights: a smoke run)' if args.tiny else ''}: {args.steps} steps, "
-                 f"guidance {args.guidance}, {len(run.prompts)} prompts, seed {args.seed}",
+                 f"gate {gate}, guidance {args.guidance}, {len(run.prompts)} prompts, seed {args.seed}",
         "model": args.model,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                      if k not in ("json", "markdown", "plot")},

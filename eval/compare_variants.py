@@ -19,9 +19,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-# Variants the lead's two-call gate (TGATE on WanPipeline's cond/uncond calls) will fill; listed so that the
-# output says what is missing instead of leaving it out silently.
-PENDING_TGATE = "needs TGATE's two-call gate for WanPipeline (cond then uncond calls), not merged yet"
 # Measured on the toy (tests/test_compare.py): batch 1 raises IndexError; an even batch runs, silently wrong.
 FASTER_CACHE_ON_TWO_CALLS = (
     "FasterCache assumes one batched [uncond, cond] call and splits each call's batch in halves; WanPipeline "
@@ -121,17 +118,42 @@ def diffusers_cache_variants(mag_ratios: list[float] | None) -> list[Variant]:
     return variants
 
 
-def tgate_variants() -> list[Variant]:
-    """TGATE, TGATE-V2 and TGATE stacked on the caches that compose on one call. Empty-handed until the two-call
-    gate lands: each is listed with ``not_run`` (replace with real variants: ``call_kwargs={"gate_step": g}``)."""
-    return [
-        Variant("TGATE", "TGATE", "gate at the model's step", not_run=PENDING_TGATE),
-        Variant("TGATE-V2", "TGATE-V2", "the model's V2 settings", not_run=PENDING_TGATE),
-        Variant("TGATE + FirstBlockCache", "TGATE + FirstBlockCache", "-", not_run=PENDING_TGATE),
-        Variant("TGATE + TaylorSeer", "TGATE + TaylorSeer", "-", not_run=PENDING_TGATE),
-        Variant("TGATE + MagCache", "TGATE + MagCache", "-", not_run=PENDING_TGATE),
-        Variant("TGATE + PAB (self-attention only)", "TGATE + PyramidAttentionBroadcast", "-", not_run=PENDING_TGATE),
+# TGATE-V2's self-attention intervals on the toy: the official V2 README's PixArt setting (sp 3, fi 1, warm-up 2).
+V2_INTERVALS = {"sp_interval": 3, "fi_interval": 1, "warm_up": 2}
+
+
+def tgate_variants(gate: int, steps: int, mag_ratios: list[float] | None) -> list[Variant]:
+    """TGATE (its gate, and the gate at the last step: stock exactly), TGATE-V2, and TGATE stacked on each of
+    diffusers' caches that works on one call: the cache's hooks and TGATE's on the same transformer.
+
+    A block cache stacks only where it runs every cross-attention module at step ``gate - 1`` (TGATE's caching
+    step): where it skips one there, TGATE's call stops with an error that says so, and the row shows it."""
+    from diffusers import FirstBlockCacheConfig, MagCacheConfig, PyramidAttentionBroadcastConfig, TaylorSeerCacheConfig
+
+    tgate = {"gate_step": gate}
+    variants = [
+        Variant("TGATE", "TGATE", f"gate {gate} of {steps}", call_kwargs=tgate),
+        Variant("TGATE (gate = steps)", "TGATE", f"gate {steps} of {steps}: never reached, stock exactly",
+                call_kwargs={"gate_step": steps}),
+        Variant("TGATE-V2", "TGATE-V2", f"gate {gate}, sp 3, fi 1, warm-up 2", call_kwargs={**tgate, **V2_INTERVALS}),
+        Variant("TGATE + FirstBlockCache", "TGATE + FirstBlockCache", f"gate {gate}; threshold 0.2",
+                lambda pipe, steps: FirstBlockCacheConfig(threshold=0.2), call_kwargs=tgate),
+        Variant("TGATE + TaylorSeer (lite)", "TGATE + TaylorSeer", f"gate {gate}; lite mode, interval 5",
+                lambda pipe, steps: TaylorSeerCacheConfig(use_lite_mode=True), call_kwargs=tgate),
+        Variant("TGATE + PAB (self-attention only)", "TGATE + PyramidAttentionBroadcast",
+                f"gate {gate}; spatial every 2nd call, timesteps (100, 800); cross-attention left to TGATE",
+                lambda pipe, steps: PyramidAttentionBroadcastConfig(
+                    current_timestep_callback=lambda: pipe.current_timestep, spatial_attention_block_skip_range=2,
+                    spatial_attention_timestep_skip_range=(100, 800)),
+                call_kwargs=tgate, caveat=PAB_ON_TWO_CALLS),
     ]
+    if mag_ratios is None:
+        variants.append(Variant("TGATE + MagCache", "TGATE + MagCache", "-", not_run="no calibrated mag_ratios"))
+    else:
+        variants.append(Variant(
+            "TGATE + MagCache", "TGATE + MagCache", f"gate {gate}; threshold 0.06 (calibrated ratios)",
+            lambda pipe, steps: MagCacheConfig(num_inference_steps=steps, mag_ratios=mag_ratios), call_kwargs=tgate))
+    return variants
 
 
 def stock_variant() -> Variant:

@@ -24,8 +24,9 @@ STEPS = 3
 def tiny_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("compare")
     code = compare.main(["--tiny", "--steps", str(STEPS), "--per-digit", "1", "--repeats", "1", "--variants",
-                         "PAB (fast)", "FasterCache (default)", "TGATE", "FirstBlockCache (default)",
-                         "MagCache (default)", "TaylorSeer (lite)",
+                         "PAB (fast)", "FasterCache (default)", "TGATE", "TGATE (gate = steps)", "TGATE-V2",
+                         "TGATE + FirstBlockCache", "FirstBlockCache (default)", "MagCache (default)",
+                         "TaylorSeer (lite)", "--gate", "2",
                          "--json", str(out / "out.json"), "--markdown", str(out / "out.md"),
                          "--plot", str(out / "out.png")])
     assert code == 0
@@ -39,9 +40,14 @@ def test_every_variant_is_listed_with_numbers_or_a_reason(tiny_results):
     assert rows["stock"]["speedup"] == 1.0 and rows["stock"]["macs_fraction"] == 1.0
     assert rows["FasterCache (default)"]["status"] == "does not compose"
     assert "two calls" in rows["FasterCache (default)"]["reason"]
-    assert rows["TGATE"]["status"] == "not run" and "two-call gate" in rows["TGATE"]["reason"]
     ran = [row for row in results["rows"] if row["status"] == "ran"]
-    assert {"FirstBlockCache", "MagCache", "PyramidAttentionBroadcast", "TaylorSeer"} <= {r["method"] for r in ran}
+    assert {"FirstBlockCache", "MagCache", "PyramidAttentionBroadcast", "TaylorSeer", "TGATE", "TGATE-V2"} <= {
+        r["method"] for r in ran}
+    stack = rows["TGATE + FirstBlockCache"]  # runs, or says that the cache skipped TGATE's caching step
+    assert stack["status"] == "ran" or "did not run at step 1, the step before the gate" in stack["reason"]
+    # TGATE at gate 2 of 3: the last step is one call without cross-attention (of the stock run's two calls)
+    assert rows["TGATE"]["macs_fraction"] < 5 / 6
+    assert rows["TGATE (gate = steps)"]["psnr"] == "inf" and rows["TGATE (gate = steps)"]["macs_fraction"] == 1.0
     for row in ran:
         assert row["denoiser_macs"] > 0 and row["loop_seconds"] > 0 and row["peak_mb"] > 0
         assert 0 <= row["accuracy"] <= 1 and row["deterministic"] is True

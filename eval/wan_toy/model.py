@@ -93,8 +93,9 @@ def sampling_scheduler(flow_shift: float = FLOW_SHIFT):
 
 
 def load_pipeline(checkpoint: str | Path = CHECKPOINT_DIR, torch_dtype: torch.dtype | None = None):
-    """The committed toy as a stock ``WanPipeline`` (offline); a missing folder says how to make it."""
-    from diffusers import WanPipeline
+    """The committed toy as TGATE's ``WanPipeline`` (offline; without ``gate_step`` it is the stock pipeline);
+    a missing folder says how to make it."""
+    from Wan.pipeline import TgateWanPipeline as WanPipeline
 
     checkpoint = Path(checkpoint)
     if not (checkpoint / "model_index.json").is_file():
