@@ -8,8 +8,9 @@ skips ``scaled_dot_product_attention``: at 32,760 tokens (Wan2.1-1.3B, 832x480, 
 141.5T forward. Counting runs on the ``meta`` device (no weights, no memory) in about a second.
 
 For TGATE: a forward after the gate skips every cross-attention module (it returns its cache), so it costs
-:attr:`ForwardMacs.without_cross_attention`; :func:`sampling_macs` adds up a run, with guidance by one batched
-call (LTX-Video, Sana, HunyuanDiT: batch 2) or by two calls (Wan: two calls of batch 1).
+:attr:`ForwardMacs.without_cross_attention`. :func:`model_sampling_macs` counts a run the one way every MACs
+figure here is counted, step by step through the gate's hooks (``common.step_macs.StepCounter``), on the guidance
+batch of two: one batched call (LTX-Video, Sana, HunyuanDiT), or Wan's two calls of one, the same MACs.
 
 >>> from common.flop_count import model_sampling_macs
 >>> model_sampling_macs("wan")  # Wan2.1-T2V-1.3B, 832x480, 81 frames, 50 steps, gate 20  # doctest: +SKIP
@@ -86,24 +87,6 @@ def forward_macs(denoiser: torch.nn.Module, inputs: dict[str, Any]) -> ForwardMa
     return ForwardMacs(total=count.total, cross_attention=count.inside(cross_attention_pattern(denoiser)))
 
 
-def sampling_macs(guided: ForwardMacs, single: ForwardMacs, steps: int, gate_step: int | None,
-                  calls_per_guided_step: int = 1, extra_guided_steps: int = 0) -> dict[str, int]:
-    """Stock and TGATE MACs of a run of ``steps`` guided steps.
-
-    ``guided``: one call of a guided step (batched guidance: the batch-2 forward; two-call guidance: one of the
-    ``calls_per_guided_step`` batch-1 calls); ``single``: one call on one branch. TGATE: ``gate_step`` guided
-    steps, then one single call per step without cross-attention, except ``extra_guided_steps`` after the gate
-    that run guided to fill an expert's caches (Wan 2.2's second expert when it first runs after the gate).
-    """
-    guided_step = calls_per_guided_step * guided.total
-    stock = steps * guided_step
-    if gate_step is None or gate_step >= steps:
-        return {"stock": stock, "tgate": stock}
-    gated = steps - gate_step - extra_guided_steps
-    tgate = (gate_step + extra_guided_steps) * guided_step + gated * single.without_cross_attention
-    return {"stock": stock, "tgate": tgate}
-
-
 def expert_switch_step(spec, steps: int) -> int | None:
     """The first step of Wan 2.2's low-noise expert (``transformer_2``: timesteps below ``boundary_ratio * 1000``)
     with ``spec``'s scheduler config; None for a model with one transformer."""
@@ -129,6 +112,8 @@ def model_sampling_macs(key: str, steps: int | None = None, gate_step: int | Non
     from .architectures import build_denoiser
     from .dit_architectures import dit_denoiser_inputs, is_dit
     from .models import get_model
+    from .schedule import TgateSchedule
+    from .step_macs import StepCounter, flop_counter_macs
 
     spec = get_model(key)
     denoiser = build_denoiser(spec)
@@ -141,14 +126,18 @@ def model_sampling_macs(key: str, steps: int | None = None, gate_step: int | Non
     gate_step = spec.gate_step if gate_step is None else gate_step
     two_calls = isinstance(denoiser, WanTransformer3DModel)  # Wan guides with two batch-1 calls
     single = forward_macs(denoiser, dit_denoiser_inputs(denoiser, 1, height, width, frames))
-    guided = single if two_calls else forward_macs(denoiser, dit_denoiser_inputs(denoiser, 2, height, width, frames))
+    counter = StepCounter(denoiser, None, True, count=flop_counter_macs,
+                          inputs=dit_denoiser_inputs(denoiser, 2, height, width, frames))
+    schedule = TgateSchedule(gate_step if gate_step is not None and gate_step < steps else None)
+    stock, tgate = counter.run_macs(steps, schedule)
     switch = expert_switch_step(spec, steps)
-    extra = int(switch is not None and gate_step is not None and gate_step <= switch < steps)
-    run = sampling_macs(guided, single, steps, gate_step, 2 if two_calls else 1, extra_guided_steps=extra)
+    if schedule.gate_step is not None and switch is not None and schedule.gate_step <= switch:
+        # Wan 2.2's second expert first runs after the gate: that step runs guided, to fill its caches
+        tgate += counter.stock_step() - counter.step_macs(schedule, switch + 1)[switch]
     return {
         "model": key, "height": height, "width": width, "frames": frames, "steps": steps, "gate_step": gate_step,
         "guidance": "two calls of batch 1" if two_calls else "one call of batch 2",
         "forward": single.total, "forward_without_cross_attention": single.without_cross_attention,
-        "guided_forward": guided.total, "expert_switch_step": switch, **run,
-        "speedup": run["stock"] / run["tgate"], "convention": CONVENTION,
+        "guided_step": counter.stock_step(), "expert_switch_step": switch, "stock": stock, "tgate": tgate,
+        "speedup": stock / tgate, "convention": CONVENTION,
     }

@@ -78,10 +78,15 @@ class StepCounter:
     (``architectures.text_tokens``); ``count``: what counts one forward (calflops by default).
     """
 
-    def __init__(self, denoiser: torch.nn.Module, resolution: int, guided: bool, vae_factor: int = VAE_SCALE_FACTOR,
-                 tokens: int | None = None, count: MacsCount = calflops_macs) -> None:
+    def __init__(self, denoiser: torch.nn.Module, resolution: int | None, guided: bool,
+                 vae_factor: int = VAE_SCALE_FACTOR, tokens: int | None = None, count: MacsCount = calflops_macs,
+                 inputs: dict[str, Any] | None = None) -> None:
+        """``inputs``: the guided (or unguided) batch's inputs, where a square ``resolution`` does not say them
+        (a video's frames and size: ``dit_architectures.dit_denoiser_inputs``)."""
         self.denoiser, self.guided, self.count = denoiser, guided, count
-        self.inputs = denoiser_inputs(denoiser, 2 if guided else 1, resolution, vae_factor=vae_factor, tokens=tokens)
+        if inputs is None:
+            inputs = denoiser_inputs(denoiser, 2 if guided else 1, resolution, vae_factor=vae_factor, tokens=tokens)
+        self.inputs = inputs
         self.counts: dict[StepPlan, int] = {}
 
     def step_macs(self, schedule: TgateSchedule, steps: int) -> list[int]:

@@ -40,6 +40,7 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from common.architectures import ConfigNotFoundError, build_denoiser, text_tokens, vae_scale_factor  # noqa: E402
+from common.dit_models import DIT_MODELS  # noqa: E402
 from common.gate import cross_attention_modules  # noqa: E402
 from common.models import MODELS, PAPER_MODELS, ModelSpec, get_model  # noqa: E402
 from common.schedule import TgateSchedule  # noqa: E402
@@ -290,8 +291,33 @@ def unique_rows(results: list[Result]) -> list[dict[str, Any]]:
     return rows
 
 
+def dit_run(key: str, args: argparse.Namespace) -> int:
+    """A DiT model's stock and TGATE MACs, attention counted (FlopCounterMode), on its model card's video or image.
+
+    The paper-table models are counted with calflops, which skips ``scaled_dot_product_attention``: at Wan's 32,760
+    tokens that is most of a forward, so these figures use torch's counter and say so."""
+    from common.flop_count import model_sampling_macs
+
+    run = model_sampling_macs(key, steps=args.steps, gate_step=args.gate)
+    frames = f", {run['frames']} frames" if run["frames"] > 1 else ""
+    print(f"{get_model(key).title}: {run['width']}x{run['height']}{frames}, {run['steps']} steps, guidance by "
+          f"{run['guidance']}, gate {run['gate_step']}")
+    print(f"  one forward (batch 1)          {run['forward'] / 1e12:10.2f}T")
+    print(f"  ... without cross-attention    {run['forward_without_cross_attention'] / 1e12:10.2f}T")
+    print(f"  stock run                      {run['stock'] / 1e12:10.1f}T")
+    print(f"  TGATE run                      {run['tgate'] / 1e12:10.1f}T   ({run['speedup']:.3f}x fewer MACs)")
+    print(f"  convention: {run['convention']}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(run, indent=2) + "\n")
+        print(f"run -> {args.json}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args, specs = parse_args(argv)
+    if len(specs) == 1 and specs[0].key in DIT_MODELS:
+        return dit_run(specs[0].key, args)
     v1: list[Result] = []
     v2: list[Result] = []
     deep: list[Result] = []

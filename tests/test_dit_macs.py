@@ -8,6 +8,7 @@ common/model_configs/ (no weights) at each model card's size.
 
 from __future__ import annotations
 
+import json
 import pytest
 import torch
 from calflops.calculate_pipline import CalFlopsPipline
@@ -20,7 +21,6 @@ from common.flop_count import (
     expert_switch_step,
     forward_macs,
     model_sampling_macs,
-    sampling_macs,
 )
 from common.models import get_model
 
@@ -108,24 +108,24 @@ def test_wan_run_matches_the_design_figures():
     assert "attention" in run["convention"] and run["convention"] == CONVENTION
 
 
-def test_sampling_macs_rules():
-    from common.flop_count import ForwardMacs
-
-    guided, single = ForwardMacs(total=20, cross_attention=4), ForwardMacs(total=10, cross_attention=2)
-    assert sampling_macs(guided, single, 10, None) == {"stock": 200, "tgate": 200}
-    assert sampling_macs(guided, single, 10, 10) == {"stock": 200, "tgate": 200}  # gate >= steps: stock
-    assert sampling_macs(guided, single, 10, 4) == {"stock": 200, "tgate": 4 * 20 + 6 * 8}
-    # two-call guidance: a guided step is two calls of the single forward
-    assert sampling_macs(single, single, 10, 4, calls_per_guided_step=2) == {"stock": 200, "tgate": 80 + 6 * 8}
-    # an expert first running after the gate runs that step guided
-    assert sampling_macs(single, single, 10, 4, 2, extra_guided_steps=1)["tgate"] == 100 + 5 * 8
+def test_an_expert_first_running_after_the_gate_runs_that_step_guided():
+    """Wan 2.2 with the gate before its second expert's first step: one more guided step, one gated step less."""
+    spec = get_model("wan22")
+    switch = expert_switch_step(spec, spec.steps)
+    small = dict(height=64, width=64, frames=5)
+    before, after = model_sampling_macs("wan22", gate_step=switch + 1, **small), model_sampling_macs(
+        "wan22", gate_step=switch, **small)
+    gated_step = before["forward_without_cross_attention"]
+    assert after["stock"] == before["stock"] == spec.steps * before["guided_step"]
+    assert after["tgate"] == before["tgate"] == (switch + 1) * before["guided_step"] + (
+        spec.steps - switch - 1) * gated_step
 
 
 def test_batched_guidance_counts_the_batch_two_forward():
     run = model_sampling_macs("sana")
-    assert run["guided_forward"] == pytest.approx(2 * run["forward"], rel=1e-3)
-    assert run["stock"] == run["steps"] * run["guided_forward"]
-    assert run["tgate"] == (run["gate_step"] * run["guided_forward"]
+    assert run["guided_step"] == pytest.approx(2 * run["forward"], rel=1e-3)
+    assert run["stock"] == run["steps"] * run["guided_step"]
+    assert run["tgate"] == (run["gate_step"] * run["guided_step"]
                             + (run["steps"] - run["gate_step"]) * run["forward_without_cross_attention"])
 
 
@@ -147,3 +147,12 @@ def test_per_module_counts_nest():
     parts = ["attn1", "attn2", "ff"]
     assert sum(count.per_module[f"transformer_blocks.0.{part}"] for part in parts) <= block
     assert count.inside(r"transformer_blocks\.\d+\.attn2") == 20 * count.per_module["transformer_blocks.0.attn2"]
+
+
+def test_eval_macs_counts_a_dit_model_with_attention(tmp_path, capsys):
+    from eval import macs
+
+    assert macs.main(["--model", "sana", "--gate", "5", "--json", str(tmp_path / "sana.json")]) == 0
+    run = json.loads((tmp_path / "sana.json").read_text())
+    assert run == model_sampling_macs("sana", gate_step=5)
+    assert "TGATE run" in capsys.readouterr().out and run["tgate"] < run["stock"]
