@@ -82,8 +82,8 @@ class TgateCall:
     cuts: dict[int, BranchCut] = field(default_factory=dict)  # per denoiser (id): how its batch is cut
     text_states: list[tuple] = field(default_factory=list)  # what the pipeline's encode_prompt returned
     layout: str | None = None  # batched or two calls per step: checked on the first guided evaluation's tensors
-    evaluation_in_step: int = 0  # denoiser evaluations of this step before the one in progress
-    _evaluated_step: int = -1
+    evaluation_in_step: int = 0  # this denoiser's evaluations of this step before the one in progress
+    _evaluations: dict[int, tuple[int, int]] = field(default_factory=dict)  # per denoiser: (step, its evaluation)
     # Per denoiser (id): the step whose evaluation cached its cross-attention. A denoiser that first runs after
     # the gate (Wan 2.2's second expert) has no cache: its first step runs as step gate - 1 does, to fill it.
     cached_at: dict[int, int] = field(default_factory=dict)
@@ -105,10 +105,9 @@ class TgateCall:
                 "which was never opened), so it cannot tell where the gate is. Gate a pipeline class built with "
                 "common.pipeline.TgateMixin, or call the stock pipeline without gate_step."
             )
-        if self.step != self._evaluated_step:
-            self._evaluated_step, self.evaluation_in_step = self.step, 0
-        else:
-            self.evaluation_in_step += 1
+        last = self._evaluations.get(denoiser)
+        self.evaluation_in_step = last[1] + 1 if last is not None and last[0] == self.step else 0
+        self._evaluations[denoiser] = (self.step, self.evaluation_in_step)
         plan = self.schedule.plan(self.step)
         if plan.cross_attention == REUSE and self.cached_at.get(denoiser, self.step) == self.step:
             plan = dataclasses.replace(self.schedule.plan(self.schedule.gate_step - 1), deepcache=plan.deepcache)
@@ -126,7 +125,7 @@ class TgateCall:
     def follow(self, progress_bar: Any) -> Any:
         """Count steps on the sampling loop's progress bar (``total=`` or iterable form); a new bar restarts."""
         self.step, self.follows_loop, self.caches = 0, True, dict.fromkeys(self.cache_keys)
-        self._evaluated_step, self.cached_at = -1, {}
+        self._evaluations, self.cached_at = {}, {}
         self._warn_if_gate_unreached(progress_bar)
         if getattr(progress_bar, "iterable", None) is None:
             update = progress_bar.update
