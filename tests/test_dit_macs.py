@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import pytest
 import torch
-from calflops.calculate_pipline import CalFlopsPipline
 
 from common.architectures import build_denoiser, denoiser_config
 from common.dit_architectures import dit_denoiser_inputs, image_tokens
@@ -23,19 +22,9 @@ from common.flop_count import (
     model_sampling_macs,
 )
 from common.models import get_model
+from common.step_macs import calflops_macs  # calflops' own count of the linear layers (no gate rule)
 
 T = 1e12
-
-
-def calflops_macs(denoiser, inputs) -> int:
-    counter = CalFlopsPipline(denoiser, include_backPropagation=False, compute_bp_factor=2.0)
-    counter.start_flops_calculate(ignore_list=None)
-    try:
-        with torch.no_grad():
-            denoiser(**inputs)
-        return int(counter.get_total_macs())
-    finally:
-        counter.end_flops_calculate()
 
 
 def sdpa_macs(key: str, denoiser, tokens: int, cross: bool = True) -> int:
