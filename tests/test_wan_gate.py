@@ -160,3 +160,23 @@ def test_threads_sharing_a_transformer_equal_their_sequential_runs():
     assert_concurrent_runs_equal_sequential(
         [job({}), job({"gate_step": 2}), job({"gate_step": 1, "sp_interval": 2}), job({"gate_step": 3})]
     )
+
+
+def test_a_compiled_transformer_keeps_a_few_graphs_and_equals_eager():
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    components = tiny_wan_components()
+    eager = quiet(tgate_class(WanPipeline)(**components))
+    calls = [dict(gate_step=2), dict(gate_step=3), dict(), dict(gate_step=2)]
+    expected = [run(eager, **call) for call in calls]
+    compiled = quiet(tgate_class(WanPipeline)(**components))
+    compiled.transformer = torch.compile(components["transformer"], backend="eager", fullgraph=True)
+    counters.clear()
+    graphs = []
+    for call, reference in zip(calls, expected):
+        assert torch.allclose(run(compiled, **call), reference, atol=1e-6)
+        graphs.append(counters["stats"]["unique_graphs"])
+    # guided, caching (cond and uncond call), gated, stock: none per step or gate, none for a repeated setting
+    assert graphs[-1] == graphs[-2] <= 5, graphs
+    torch._dynamo.reset()
