@@ -99,9 +99,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if model not in args.models:
             continue
         steps, model_schedule = args.steps, schedule
-        if model == "wan":  # its own steps and gate; DeepCache caches a UNet's blocks: none in a DiT
-            steps, model_schedule = WAN_STEPS, replace(schedule, gate_step=WAN_GATE, deepcache_interval=None,
-                                                       deepcache_branch=0)
+        if model == "wan":  # its own steps and gate (--tiny: the flags'); DeepCache caches a UNet's blocks only
+            if not args.tiny:
+                steps, model_schedule = WAN_STEPS, replace(schedule, gate_step=WAN_GATE)
+            model_schedule = replace(model_schedule, deepcache_interval=None, deepcache_branch=0)
         for compiled in compiled_passes:
             argv = ["--model", model, "--steps", str(steps), *schedule_argv(model_schedule), "--repeats",
                     str(args.repeats), "--warmup", str(max(args.warmup, 1) if compiled else args.warmup),
