@@ -19,7 +19,10 @@ import diffusers
 import torch
 import transformers
 
-from .architectures import T5_TOKENS, build_denoiser
+from .architectures import T5_TOKENS, build_denoiser, denoiser_config
+from .dit_architectures import (
+    DIT_CLASSES, HUNYUANDIT_TEXT_TOKENS, LTX_TEXT_TOKENS, SANA_TEXT_TOKENS, WAN_TEXT_TOKENS,
+)
 from .models import MODELS, ModelSpec
 from .tiny import tiny_clip_tokenizer
 
@@ -50,8 +53,12 @@ class BuiltPipeline:
 def config_folder(spec: ModelSpec, component: str) -> Path | None:
     """The architecture config of ``component``: the model's own, else that of a registry model with the same
     pipeline class (LCM-SDXL ships only its UNet: its VAE, text encoders and scheduler are SDXL base's)."""
-    same_pipeline = [other for other in MODELS.values() if other.pipeline == spec.pipeline and other is not spec]
-    for candidate in (spec, *same_pipeline):
+    if (shared := spec.component_config_dir(component)).is_dir():  # its own, or where configs_from points
+        return shared
+    # registry models only (not a trained toy's checkpoint folder: its components are toys)
+    same_pipeline = [other for other in MODELS.values()
+                     if other.pipeline == spec.pipeline and other is not spec and not other.configs]
+    for candidate in same_pipeline:
         folder = candidate.config_dir / component
         if folder.is_dir():
             return folder
@@ -63,6 +70,12 @@ def read_config(folder: Path) -> dict[str, Any]:
         if (folder / name).is_file():
             return json.loads((folder / name).read_text())
     raise ValueError(f"no config.json or scheduler_config.json in {folder}")
+
+
+def read_model_index(spec: ModelSpec) -> dict[str, Any]:
+    """``spec``'s ``model_index.json`` (its pipeline settings, e.g. Wan 2.2's ``boundary_ratio``), or {}."""
+    index = spec.config_dir / "model_index.json"
+    return json.loads(index.read_text()) if index.is_file() else {}
 
 
 def random_component(folder: Path, device: torch.device, dtype: torch.dtype) -> Any:
@@ -102,19 +115,31 @@ def random_weights_pipeline(spec: ModelSpec, device: torch.device, dtype: torch.
     """
     torch.manual_seed(seed)
     parameters = inspect.signature(spec.pipeline_class.__init__).parameters
+    dit = denoiser_config(spec).get("_class_name") in DIT_CLASSES  # no text encoder configs copied
     components: dict[str, Any] = {}
     notes = ["no safety checker"]
     replaced: dict[str, Path] = {}  # text encoders not built -> their config folder
-    for name in parameters:
+    index = read_model_index(spec)
+    for name, parameter in parameters.items():
         if name == "self" or name.startswith("tokenizer"):
             continue
-        if name in RANDOM_PIPELINE_OPTIONS:
+        if name in index and not isinstance(index[name], list):  # a pipeline setting (Wan 2.2's boundary_ratio)
+            components[name] = index[name]
+        elif name in RANDOM_PIPELINE_OPTIONS:
             components[name] = RANDOM_PIPELINE_OPTIONS[name]
         elif name == spec.denoiser:
             components[name] = build_denoiser(spec, device=device, dtype=dtype)
+        elif parameter.default is None and not spec.component_config_dir(name).is_dir():
+            continue  # an optional component the model does not have (Wan 2.1's transformer_2: Wan 2.2's expert)
         else:
             folder = config_folder(spec, name)
-            if folder is None:
+            if folder is None and name.startswith("text_encoder") and dit:
+                components[name] = None  # no config copied (module docstring): random prompt embeddings instead
+                notes.append(f"{name} not built (no config: only its output shape enters the transformer): random "
+                             "prompt embeddings of that shape instead, so prompt encoding is not timed")
+            elif folder is None and parameter.default is not inspect.Parameter.empty:
+                continue  # a setting with a default (Wan's expand_timesteps), or an optional component left out
+            elif folder is None:
                 if name in ("vae", "scheduler") or name.startswith("text_encoder"):
                     raise ValueError(f"no config for {spec.key}'s {name} in {spec.config_dir} (nor in a registry "
                                      "model with the same pipeline): --random-weights needs one")
@@ -141,7 +166,9 @@ def random_weights_pipeline(spec: ModelSpec, device: torch.device, dtype: torch.
                 raise ValueError(f"no offline tokenizer for {spec.key}'s {type(encoder).__name__}")
     pipe = spec.install_scheduler(spec.pipeline_class(**components))
     prompt_inputs: dict[str, Any] = {"prompt": spec.prompt}
-    if replaced:
+    if dit:
+        prompt_inputs = dit_prompt_embeddings(pipe.denoiser, device, dtype)
+    elif replaced:
         prompt_inputs = random_prompt_embeddings(spec, replaced, device, dtype)
     return BuiltPipeline(pipe, prompt_inputs, notes)
 
@@ -173,3 +200,33 @@ def diffusers_pipeline_class(pipeline_class: type) -> type:
     return next(c for c in pipeline_class.__mro__ if c.__module__.startswith("diffusers.pipelines"))
 
 
+def dit_prompt_embeddings(denoiser: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    """Random prompt and negative prompt embeddings (with attention masks where the pipeline takes them) of the
+    shapes a DiT's text encoders hand its transformer (``dit_architectures``): Wan's UMT5 (512 tokens of
+    ``text_dim``), LTX-Video's T5 (128 x ``caption_channels``), Sana's Gemma-2 (300 x ``caption_channels``),
+    HunyuanDiT's BERT (77 x ``cross_attention_dim``) and mT5 (256 x ``cross_attention_dim_t5``)."""
+    config = denoiser.config
+    generator = torch.Generator().manual_seed(0)
+
+    def embeddings(tokens: int, width: int) -> torch.Tensor:
+        return torch.randn(1, tokens, width, generator=generator).to(device=device, dtype=dtype)
+
+    name = type(denoiser).__name__
+    if name == "WanTransformer3DModel":  # no masks: Wan zero-pads its embeddings to 512 tokens itself
+        return {"prompt_embeds": embeddings(WAN_TEXT_TOKENS, config.text_dim),
+                "negative_prompt_embeds": embeddings(WAN_TEXT_TOKENS, config.text_dim)}
+    if name == "HunyuanDiT2DModel":
+        (bert, t5), inputs = HUNYUANDIT_TEXT_TOKENS, {}
+        for suffix, tokens, width in (("", bert, config.cross_attention_dim),
+                                      ("_2", t5, config.cross_attention_dim_t5)):
+            mask = torch.ones(1, tokens, device=device, dtype=torch.long)
+            inputs.update({f"prompt_embeds{suffix}": embeddings(tokens, width), f"prompt_attention_mask{suffix}": mask,
+                           f"negative_prompt_embeds{suffix}": embeddings(tokens, width),
+                           f"negative_prompt_attention_mask{suffix}": mask.clone()})
+        return inputs
+    tokens = LTX_TEXT_TOKENS if name == "LTXVideoTransformer3DModel" else SANA_TEXT_TOKENS
+    mask = torch.ones(1, tokens, device=device)
+    return {"prompt_embeds": embeddings(tokens, config.caption_channels), "prompt_attention_mask": mask,
+            "negative_prompt_embeds": embeddings(tokens, config.caption_channels),
+            "negative_prompt_attention_mask": mask.clone(),
+            "negative_prompt": None}  # Sana's default negative prompt "" cannot go with negative embeddings

@@ -22,6 +22,8 @@ import torch
 
 from .architectures import VAE_SCALE_FACTOR, denoiser_inputs, text_tokens
 from .builders import meta_copy
+from .dit_architectures import dit_denoiser_inputs, is_dit
+from .dit_models import DIT_MODELS
 from .gate import cross_attention_modules, deepcache_modules, gated_sampling, self_attention_modules
 from .models import ModelSpec
 from .pipeline import TgateMixin
@@ -61,7 +63,8 @@ def flop_counter_macs(denoiser: torch.nn.Module, inputs: dict[str, Any]) -> int:
 
 # Registry model key -> its counter, where calflops is not the right one (models whose attention calflops
 # cannot see). Every other model is counted with calflops, as the paper's tables are.
-MACS_COUNTERS: dict[str, MacsCount] = {}
+# The cross-attention DiTs: calflops skips scaled_dot_product_attention, most of a video forward (flop_count.py).
+MACS_COUNTERS: dict[str, MacsCount] = {key: flop_counter_macs for key in DIT_MODELS}
 
 
 def macs_count_for(spec: ModelSpec | None) -> MacsCount:
@@ -163,9 +166,17 @@ def runs_guidance(spec: ModelSpec, denoiser: torch.nn.Module) -> bool:
     return TgateMixin.uses_guidance(SimpleNamespace(denoiser=denoiser), spec.guidance_scale)
 
 
-def pipeline_counter(pipe: Any, resolution: int, guided: bool, spec: ModelSpec | None = None) -> StepCounter:
+def pipeline_counter(pipe: Any, resolution: int, guided: bool, spec: ModelSpec | None = None,
+                     height: int | None = None, width: int | None = None, frames: int = 1) -> StepCounter:
     """A :class:`StepCounter` for a built TGATE pipeline: its denoiser's weightless meta copy (built before
-    any torch.compile), its VAE's scale, ``spec``'s text length and counter where the registry model is known."""
+    any torch.compile), its VAE's scale, ``spec``'s text length and counter where the registry model is known.
+
+    A cross-attention DiT is counted on its pipeline's inputs at ``height`` x ``width`` (default: ``resolution``)
+    and ``frames``, the guidance batch of two (Wan's two calls of one cost the same), with torch's
+    ``FlopCounterMode`` (attention included) whatever ``spec`` says."""
+    denoiser = meta_copy(pipe.denoiser)
+    if is_dit(denoiser):
+        inputs = dit_denoiser_inputs(denoiser, 2 if guided else 1, height or resolution, width or resolution, frames)
+        return StepCounter(denoiser, None, guided, count=flop_counter_macs, inputs=inputs)
     tokens = text_tokens(spec) if spec is not None else None
-    return StepCounter(meta_copy(pipe.denoiser), resolution, guided, pipe.vae_scale_factor, tokens,
-                       macs_count_for(spec))
+    return StepCounter(denoiser, resolution, guided, pipe.vae_scale_factor, tokens, macs_count_for(spec))

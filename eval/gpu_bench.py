@@ -1,4 +1,5 @@
-"""The GPU cost benchmark: SD-1.5 at 512 px and SDXL at 1024 px, float16, 25 steps, eager and torch.compile'd.
+"""The GPU cost benchmark: SD-1.5 at 512 px and SDXL at 1024 px, float16, 25 steps, and Wan2.1-T2V-1.3B at 832x480,
+17 frames, 50 steps (gate 20), eager and torch.compile'd.
 
 Run ``bash eval/gpu_bench.sh`` (or ``python eval/gpu_bench.py``) from anywhere, on a machine with one CUDA GPU;
 ``--random-weights`` needs no download (the real architectures with random weights: latency does not depend on
@@ -21,6 +22,7 @@ import argparse
 import gc
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -30,8 +32,12 @@ from common.schedule import TgateSchedule  # noqa: E402
 from common.settings import add_schedule_args, schedule_argv, schedule_from_args  # noqa: E402
 from eval.timing import add_timing_args, check_timing_args  # noqa: E402
 
-# (registry model, image side in pixels): the paper's resolutions
-BENCHMARKS = (("sd15", 512), ("sdxl", 1024))
+# (registry model, its size flags): the paper's resolutions; Wan2.1-T2V-1.3B at its model card's 832x480 and 50
+# steps but 17 frames, not 81 (5 latent frames, 7,800 tokens instead of 32,760: about 1/9 of a full video's MACs,
+# so its ~40 runs of 50 steps fit the script's minutes on one GPU)
+BENCHMARKS = (("sd15", ("--resolution", "512")), ("sdxl", ("--resolution", "1024")),
+              ("wan", ("--height", "480", "--width", "832", "--frames", "17")))
+WAN_STEPS, WAN_GATE = 50, 20  # the model card's steps; the registry's default gate (40% of the steps)
 # gate 10 (the example scripts'), V2 at the official V2 README's SDXL setting, DeepCache's official defaults
 DEFAULTS = TgateSchedule(10, sp_interval=5, fi_interval=1, warm_up=2, deepcache_interval=3, deepcache_branch=0)
 
@@ -47,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     weights.add_argument("--tiny", action="store_true",
                          help="tiny random components at their own small size: a smoke test of this script only")
     parser.add_argument("--models", nargs="+", choices=[model for model, _ in BENCHMARKS],
-                        default=[model for model, _ in BENCHMARKS], help="models to run (default: sd15 sdxl)")
+                        default=[model for model, _ in BENCHMARKS],
+                        help="models to run (default: sd15 sdxl wan; wan: Wan2.1-T2V-1.3B, 832x480, 17 frames, "
+                        f"{WAN_STEPS} steps, gate {WAN_GATE}, no DeepCache)")
     parser.add_argument("--steps", type=int, default=25, metavar="N", help="sampling steps (default: 25)")
     add_schedule_args(parser, defaults=DEFAULTS)
     passes = parser.add_mutually_exclusive_group()
@@ -87,11 +95,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     records = []
     compiled_passes = [False] if args.no_compile else [True] if args.compile_only else [False, True]
-    for model, resolution in BENCHMARKS:
+    for model, size in BENCHMARKS:
         if model not in args.models:
             continue
+        steps, model_schedule = args.steps, schedule
+        if model == "wan":  # its own steps and gate (--tiny: the flags'); DeepCache caches a UNet's blocks only
+            if not args.tiny:
+                steps, model_schedule = WAN_STEPS, replace(schedule, gate_step=WAN_GATE)
+            model_schedule = replace(model_schedule, deepcache_interval=None, deepcache_branch=0)
         for compiled in compiled_passes:
-            argv = ["--model", model, "--steps", str(args.steps), *schedule_argv(schedule), "--repeats",
+            argv = ["--model", model, "--steps", str(steps), *schedule_argv(model_schedule), "--repeats",
                     str(args.repeats), "--warmup", str(max(args.warmup, 1) if compiled else args.warmup),
                     "--device", args.device, "--overhead", "--no-official"]
             if compiled:
@@ -101,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.tiny:
                 argv.append("--tiny")  # at the tiny model's own size: 1024 px would only time its VAE
             else:
-                argv += ["--resolution", str(resolution)]
+                argv += list(size)
             if args.random_weights:
                 argv.append("--random-weights")
             record = run_with_weights(latency, argv, fallback=not (args.random_weights or args.tiny))
@@ -159,7 +172,10 @@ def markdown_table(summary: dict) -> str:
     for record in summary["rows"]:
         compiled = record.get("compile")
         mode = f"compiled ({compiled['backend']}, {compiled['mode']})" if compiled else "eager"
-        title = f"{record['title']} {record['resolution']} px, {record['steps']} steps, {record['dtype']}"
+        size = (f"{record['width']}x{record['height']}" + (f"x{record['frames']}" if record.get("frames") else "")
+                if record.get("width", record["resolution"]) != record["resolution"] or record.get("frames")
+                else f"{record['resolution']} px")
+        title = f"{record['title']} {size}, {record['steps']} steps, {record['dtype']}"
         for entry in record["variants"].values():
             peak = entry["peak_memory_bytes"]
             lines.append(f"| {title} | {mode} | {entry['label']} | {number(entry['median_s'])} | "

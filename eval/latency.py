@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repositor
 
 import torch  # noqa: E402
 
+from common.dit_architectures import is_dit  # noqa: E402
 from common.cli import DTYPES, device_name, resolve_device_and_dtype  # noqa: E402
 from common.models import MODELS, CheckpointNotFoundError, ModelSpec, get_model  # noqa: E402
 from common.schedule import check_int  # noqa: E402
@@ -52,7 +53,7 @@ from eval.latency_variants import (  # noqa: E402
     WEIGHT_NOTES, Variant, benchmarked_pipeline, call_settings, run_settings, stock_pipeline, variant_call,
     variant_macs, variant_table,
 )
-from eval.official_tgate import OfficialPackageError, official_variant  # noqa: E402
+from eval.official_tgate import OFFICIAL_LOADERS, OfficialPackageError, official_variant  # noqa: E402
 from eval.timing import (  # noqa: E402
     LoopClock, Timing, add_timing_args, check_timing_args, cuda_peak_memory, load_average, time_interleaved,
 )
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace, progress: bool = True) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     built = benchmarked_pipeline(spec, args.weights, args.checkpoint, args.device_resolved, args.dtype_resolved)
     pipe, schedule = built.pipe, args.schedule
-    steps, resolution = run_settings(args, spec, pipe)
+    steps, resolution, size = run_settings(args, spec, pipe)
     gate = schedule.gate_step
     guided = pipe.uses_guidance(spec.guidance_scale)
     stock = stock_pipeline(pipe)
@@ -87,9 +88,9 @@ def run(args: argparse.Namespace, progress: bool = True) -> dict[str, Any]:
     if schedule.uses_deepcache and not hasattr(pipe, "unet"):  # a checkpoint of a registry model without a UNet
         raise ValueError(f"--deepcache-interval: DeepCache caches a UNet's deep blocks; {spec.title} has none")
 
-    settings = call_settings(stock, built.prompt_inputs, steps, resolution, spec.guidance_scale)
+    settings = call_settings(stock, built.prompt_inputs, steps, size, spec.guidance_scale)
     table = variant_table(schedule, steps, args.overhead)
-    macs = variant_macs(pipe, resolution, steps, guided, table)  # before compiling: from the eager architecture
+    macs = variant_macs(pipe, resolution, steps, guided, table, size)  # before compiling: from the eager architecture
     memory: dict[str, dict[str, Any]] | None = None
     if args.batch_sizes and args.device_resolved.type == "cpu":  # fresh processes, before this one grows
         memory = cpu_peak_memory(args, list(table), progress)
@@ -100,7 +101,8 @@ def run(args: argparse.Namespace, progress: bool = True) -> dict[str, Any]:
         clock.instrument(each)
     variants = {name: variant_call(variant, pipe, stock, settings, args.seed) for name, variant in table.items()}
     official = None
-    if args.official and not args.compile:
+    covered = type(stock).__name__ in OFFICIAL_LOADERS  # the official package has SD, SDXL and PixArt only
+    if args.official and not args.compile and covered:
         official = official_variant(pipe, settings, args.seed, table["tgate"].schedule, guided)
     if official is not None:
         variants["official"] = official
@@ -120,6 +122,11 @@ def run(args: argparse.Namespace, progress: bool = True) -> dict[str, Any]:
         "gate": gate,
         **{field: getattr(schedule, field) for field in V2_FIELDS},
         "resolution": resolution,
+        "height": size["height"],
+        "width": size["width"],
+        "frames": size.get("num_frames"),  # None: an image model
+        "macs_convention": "torch FlopCounterMode (attention included)" if macs_by_flop_counter(pipe)
+        else "calflops (the paper's: scaled_dot_product_attention not counted)",
         "baseline_s": timings["baseline"].median,
         "tgate_s": timings["tgate"].median,
         "speedup": timings["baseline"].median / timings["tgate"].median,
@@ -158,8 +165,14 @@ def run(args: argparse.Namespace, progress: bool = True) -> dict[str, Any]:
         record["official_tgate_s"] = timings["official"].median
         record["official_speedup"] = timings["baseline"].median / timings["official"].median
     record["official_tgate"] = ("timed" if official else "not requested" if not args.official
+                                else f"the official package has no {type(stock).__name__}" if not covered
                                 else "not timed with --compile" if args.compile else "not installed")
     return record
+
+
+def macs_by_flop_counter(pipe: Any) -> bool:
+    """Whether this pipeline's MACs are torch's FlopCounterMode's (the DiTs, attention counted: step_macs)."""
+    return is_dit(pipe.denoiser)
 
 
 def variant_records(table: dict[str, Variant], timings: dict[str, Timing], macs: dict[str, int]) -> dict[str, Any]:
@@ -205,7 +218,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, metavar="N", help="sampling steps (default: the model's paper setting)")
     parser.add_argument("--resolution", type=int, metavar="PIXELS",
                         help="image side in pixels (default: the model's native size, e.g. 512 for SD-1.5, "
-                        "1024 for SDXL; with --tiny the tiny model's)")
+                        "1024 for SDXL; with --tiny the tiny model's); for the DiT models (wan, wan22, ltx, sana, "
+                        "hunyuandit) both --height and --width")
+    parser.add_argument("--height", type=int, metavar="PIXELS",
+                        help="DiT models only: the height (default: --resolution, else the model card's, e.g. 480 "
+                        "for Wan2.1-1.3B)")
+    parser.add_argument("--width", type=int, metavar="PIXELS",
+                        help="DiT models only: the width (default: --resolution, else the model card's, e.g. 832 "
+                        "for Wan2.1-1.3B)")
+    parser.add_argument("--frames", type=int, metavar="N",
+                        help="video models only (wan, wan22, ltx): frames (default: the model card's, 81 for Wan, "
+                        "161 for LTX-Video; 1 + a multiple of 4 for Wan, of 8 for LTX-Video)")
     add_timing_args(parser)
     parser.add_argument("--seed", type=int, metavar="N", help="seed of the initial noise (default: the model's)")
     parser.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
@@ -252,8 +275,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             raise ValueError("--compile-mode reduce-overhead uses CUDA graphs: CUDA only")
         if args.threads is not None and args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
-        if args.resolution is not None and (args.resolution < 8 or args.resolution % 8):
-            raise ValueError(f"--resolution must be a positive multiple of 8 pixels, got {args.resolution}")
+        for flag, value in (("--resolution", args.resolution), ("--height", args.height), ("--width", args.width)):
+            if value is not None and (value < 8 or value % 8):
+                raise ValueError(f"{flag} must be a positive multiple of 8 pixels, got {value}")
+        if args.frames is not None and args.frames < 1:
+            raise ValueError(f"--frames must be >= 1, got {args.frames}")
         args.device_resolved, args.dtype_resolved = resolve_device_and_dtype(args.device, args.dtype)
     except ValueError as error:
         parser.error(str(error))

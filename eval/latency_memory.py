@@ -30,11 +30,11 @@ def memory_probe(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     built = benchmarked_pipeline(spec, args.weights, args.checkpoint, args.device_resolved, args.dtype_resolved)
-    pipe, (steps, resolution) = built.pipe, run_settings(args, spec, built.pipe)
+    pipe, (steps, _resolution, size) = built.pipe, run_settings(args, spec, built.pipe)
     stock = stock_pipeline(pipe)
     for each in (pipe, stock):
         each.set_progress_bar_config(disable=True)
-    settings = call_settings(stock, built.prompt_inputs, steps, resolution, spec.guidance_scale)
+    settings = call_settings(stock, built.prompt_inputs, steps, size, spec.guidance_scale)
     variant = variant_table(args.schedule, steps, args.overhead)[args.memory_probe]
     gc.collect()
     before = process_memory()

@@ -17,6 +17,7 @@ import diffusers
 import torch
 
 from common.architectures import latent_multiple
+from common.dit_architectures import LTX_VAE, WAN_VAE, is_dit, is_video
 from common.builders import BuiltPipeline, cast, diffusers_pipeline_class, random_weights_pipeline
 from common.models import ModelSpec
 from common.schedule import TgateSchedule
@@ -54,21 +55,48 @@ def stock_pipeline(pipe: Any) -> Any:
         diffusers.utils.logging.set_verbosity(verbosity)
 
 
-def run_settings(args: argparse.Namespace, spec: ModelSpec, pipe: Any) -> tuple[int, int]:
-    """(steps, resolution) of a run: the flags', else the model's."""
+def run_settings(args: argparse.Namespace, spec: ModelSpec, pipe: Any) -> tuple[int, int, dict[str, int]]:
+    """(steps, resolution, size) of a run: the flags', else the model's. ``size``: the call's ``height`` and
+    ``width`` (and ``num_frames`` for a video model); ``resolution``: the height (the side of a square image)."""
     steps = spec.steps if args.steps is None else args.steps
-    resolution = args.resolution or pipe.native_resolution
     multiple = latent_multiple(pipe.denoiser)
-    if resolution % multiple:
-        raise ValueError(f"--resolution must be a multiple of {multiple} pixels for {spec.title}, got {resolution}")
-    return steps, resolution
+    if not is_dit(pipe.denoiser):
+        if args.height or args.width or args.frames:
+            raise ValueError(f"--height, --width and --frames are for the DiT models; {spec.title} takes --resolution")
+        resolution = args.resolution or pipe.native_resolution
+        if resolution % multiple:
+            raise ValueError(f"--resolution must be a multiple of {multiple} pixels for {spec.title}, got {resolution}")
+        return steps, resolution, {"height": resolution, "width": resolution}
+    default = dict(spec.tiny_call) if args.weights == "tiny" else {"height": spec.size[0], "width": spec.size[1],
+                                                                    "num_frames": spec.frames}
+    height = args.height or args.resolution or default["height"]
+    width = args.width or args.resolution or default["width"]
+    for flag, value in (("--height", height), ("--width", width)):
+        if value % multiple:
+            raise ValueError(f"{flag} (or --resolution) must be a multiple of {multiple} pixels for {spec.title}, "
+                             f"got {value}")
+    size = {"height": height, "width": width}
+    if is_video(pipe.denoiser):
+        frames = args.frames or default["num_frames"]
+        per_latent = frames_per_latent(pipe.denoiser)
+        if (frames - 1) % per_latent:
+            raise ValueError(f"--frames must be 1 + a multiple of {per_latent} for {spec.title} (its VAE compresses "
+                             f"{per_latent} frames into one latent), got {frames}")
+        size["num_frames"] = frames
+    elif args.frames:
+        raise ValueError(f"--frames is for the video models; {spec.title} makes images")
+    return steps, height, size
 
 
-def call_settings(stock: Any, prompt_inputs: dict[str, Any], steps: int, resolution: int,
+def frames_per_latent(denoiser: Any) -> int:
+    """Frames a video VAE compresses into one latent frame (after the first): Wan's 4, LTX-Video's 8."""
+    return WAN_VAE[1] if type(denoiser).__name__.startswith("Wan") else LTX_VAE[1]
+
+
+def call_settings(stock: Any, prompt_inputs: dict[str, Any], steps: int, size: dict[str, int],
                   guidance: float) -> dict[str, Any]:
-    """The keyword arguments every timed call gets (the stock pipeline's names)."""
-    settings = dict(prompt_inputs, num_inference_steps=steps, guidance_scale=guidance, height=resolution,
-                    width=resolution)
+    """The keyword arguments every timed call gets (the stock pipeline's names); ``size``: ``run_settings``'."""
+    settings = dict(prompt_inputs, num_inference_steps=steps, guidance_scale=guidance, **size)
     if "use_resolution_binning" in inspect.signature(stock.__call__).parameters:
         settings["use_resolution_binning"] = False  # PixArt would otherwise snap the size to its 1024-px bins
     if "clean_caption" in inspect.signature(stock.__call__).parameters and importlib.util.find_spec("bs4") is None:
@@ -127,7 +155,11 @@ def variant_call(variant: Variant, pipe: Any, stock: Any, settings: dict[str, An
     return seeded(pipe, settings, seed, **variant.call, **extra)
 
 
-def variant_macs(pipe: Any, resolution: int, steps: int, guided: bool, variants: dict[str, Variant]) -> dict[str, int]:
-    """eval/macs.py's MACs of a whole run of each variant (the step walk on a weightless copy of the denoiser)."""
-    counter = pipeline_counter(pipe, resolution, guided)
+def variant_macs(pipe: Any, resolution: int, steps: int, guided: bool, variants: dict[str, Variant],
+                 size: dict[str, int] | None = None) -> dict[str, int]:
+    """eval/macs.py's MACs of a whole run of each variant (the step walk on a weightless copy of the denoiser);
+    ``size``: a DiT's height, width and frames (``run_settings``), counted with attention (``pipeline_counter``)."""
+    size = size or {}
+    counter = pipeline_counter(pipe, resolution, guided, height=size.get("height"), width=size.get("width"),
+                               frames=size.get("num_frames", 1))
     return {name: counter.total(variant.schedule, steps) for name, variant in variants.items()}

@@ -418,10 +418,12 @@ def test_gpu_bench_writes_one_json_and_a_table_with_both_models_eager_and_compil
     assert gpu_bench.main(argv) == 0
     summary = read_record(out)
     assert [(run["model"], bool(run["compile"])) for run in summary["rows"]] == [
-        ("sd15", False), ("sd15", True), ("sdxl", False), ("sdxl", True)]
+        ("sd15", False), ("sd15", True), ("sdxl", False), ("sdxl", True), ("wan", False), ("wan", True)]
     variants = ["baseline", "tgate", "tgate_v1", "no_gate", "deepcache", "deepcache_tgate"]
     for run in summary["rows"]:
-        assert set(latency.JSON_KEYS) <= set(run) and run["speedup"] > 0 and list(run["variants"]) == variants
+        expected = variants if run["model"] != "wan" else variants[:4]  # no DeepCache on a DiT
+        assert set(latency.JSON_KEYS) <= set(run) and run["speedup"] > 0 and list(run["variants"]) == expected
+        assert run["steps"] == 4 and (run["frames"] == 5) == (run["model"] == "wan")  # --tiny: the flags' steps
         assert all(entry["loop_median_s"] > 0 and entry["loop_vs_macs"] > 0 for entry in run["variants"].values())
         assert run["warmup"] == (1 if run["compile"] else 0)  # compiled runs are warmed up, untimed
     assert summary["weights"] == ["tiny"] and "TINY" in summary["weights_note"]
@@ -460,3 +462,44 @@ def test_macs_prediction_counts_the_timed_pipeline_at_its_own_latent_size():
     prediction = variant_macs(toy.load(), toy.resolution, toy.steps, True, table)
     row = macs_row(toy)
     assert (prediction["baseline"], prediction["tgate"]) == (row["macs_baseline"], row["macs_tgate"])
+
+
+# --- The cross-attention DiTs (Wan first) -------------------------------------------------------------------
+
+
+def test_wan_random_weights_time_a_small_video_with_attention_counted_macs(tmp_path, monkeypatch):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from common.dit_architectures import dit_denoiser_inputs
+
+    # Wan's configs, at the tiny components' sizes, laid out as common/model_configs/<key>/ (no text encoder
+    # config, as for the real Wan: its UMT5-XXL is replaced by random prompt embeddings)
+    tiny = MODELS["wan"].tiny_components()  # its scheduler is the real Wan's config
+    monkeypatch.setattr(common.models, "CONFIG_ROOT", tmp_path)
+    monkeypatch.setitem(MODELS, "tinywan", dataclasses.replace(MODELS["wan"], key="tinywan"))
+    for name in ("transformer", "vae", "scheduler"):
+        tiny[name].save_config(tmp_path / "tinywan" / name)
+    out = tmp_path / "wan.json"
+    argv = ["--model", "tinywan", "--random-weights", "--height", "16", "--width", "32", "--frames", "5", *QUICK,
+            "--json", str(out)]
+    assert latency.main(argv) == 0
+    record = read_record(out)
+    assert (record["height"], record["width"], record["frames"]) == (16, 32, 5) and record["random_weights"]
+    assert any("random prompt embeddings" in note for note in record["setup_notes"])
+    assert "no WanPipeline" in record["official_tgate"] and "FlopCounterMode" in record["macs_convention"]
+    # stock: 4 steps of two batch-1 calls, counted here on the guidance batch of two (the same MACs), attention in
+    # on the meta device: on real CPU tensors FlopCounterMode sees no flops in the CPU's fused attention kernel
+    with torch.device("meta"):
+        denoiser = type(tiny["transformer"]).from_config(tiny["transformer"].config).eval()
+    with FlopCounterMode(display=False) as mode, torch.no_grad():
+        denoiser(**dit_denoiser_inputs(denoiser, 2, 16, 32, 5))
+    assert record["macs_baseline"] == 4 * (mode.get_total_flops() // 2)
+    assert record["macs_tgate"] < 0.75 * record["macs_baseline"]  # steps 2 and 3: one call, attn2 from its cache
+    assert record["baseline_s"] > 0 and record["tgate_s"] > 0
+
+
+def test_video_sizes_are_checked_against_the_model(tmp_path, capsys):
+    assert latency.main(["--model", "wan", "--tiny", "--frames", "6", *QUICK]) == 2
+    assert "--frames must be 1 + a multiple of 4" in capsys.readouterr().err
+    assert latency.main(["--model", "sd15", "--tiny", "--frames", "5", *QUICK]) == 2
+    assert "are for the DiT models" in capsys.readouterr().err
