@@ -84,14 +84,17 @@ class TgateMixin:
 
     @property
     def denoiser(self) -> torch.nn.Module:
-        return self.unet if hasattr(self, "unet") else self.transformer
+        """``unet`` or ``transformer``; a Wan 2.2 pipeline loaded with ``transformer=None`` (its low-noise expert
+        alone, an optional component in diffusers) has ``transformer_2``."""
+        denoiser = self.unet if hasattr(self, "unet") else self.transformer
+        return getattr(self, "transformer_2", None) if denoiser is None else denoiser
 
     @property
     def denoisers(self) -> list[torch.nn.Module]:
         """What the sampling loop runs on the guidance batch: the denoiser, a second expert (Wan 2.2's
-        ``transformer_2``) and the ControlNet, where the pipeline has them."""
-        extra = (getattr(self, name, None) for name in ("transformer_2", "controlnet"))
-        return [self.denoiser, *(module for module in extra if module is not None)]
+        ``transformer_2``) and the ControlNet, where the pipeline has them (components set to None left out)."""
+        modules = (self.denoiser, *(getattr(self, name, None) for name in ("transformer_2", "controlnet")))
+        return list({id(module): module for module in modules if module is not None}.values())
 
     @property
     def native_resolution(self) -> int:
@@ -102,9 +105,12 @@ class TgateMixin:
         """Whether a call with ``guidance_scale`` runs classifier-free guidance (a doubled batch).
 
         The rule of diffusers' SD, SDXL and PixArt pipelines: guidance above 1, unless the denoiser takes
-        the guidance scale as an embedding (LCM's ``time_cond_proj_dim``) instead of a second branch.
+        the guidance scale as an embedding (LCM's ``time_cond_proj_dim``, a guidance-distilled transformer's
+        ``guidance_embeds``: Sana-Sprint) instead of a second branch.
         """
-        return guidance_scale > 1 and getattr(self.denoiser.config, "time_cond_proj_dim", None) is None
+        config = self.denoiser.config
+        embedded = getattr(config, "time_cond_proj_dim", None) is not None or getattr(config, "guidance_embeds", False)
+        return guidance_scale > 1 and not embedded
 
     def guidance_state(self, guidance_scale: float) -> Callable[[], bool]:
         """The pipeline's guidance state, to be read at every step.
