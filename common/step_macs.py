@@ -54,9 +54,9 @@ def calflops_macs(denoiser: torch.nn.Module, inputs: dict[str, Any]) -> int:
 def flop_counter_macs(denoiser: torch.nn.Module, inputs: dict[str, Any]) -> int:
     """torch's ``FlopCounterMode`` count of ``denoiser(**inputs)`` in MACs (its FLOPs / 2): it counts at the
     aten level, so fused attention (``scaled_dot_product_attention``) and any module class are seen."""
-    from torch.utils.flop_counter import FlopCounterMode
+    from .flop_count import attention_flop_counter
 
-    with FlopCounterMode(display=False) as mode, torch.no_grad():
+    with attention_flop_counter() as mode, torch.no_grad():
         denoiser(**inputs)
     return int(mode.get_total_flops()) // 2
 
