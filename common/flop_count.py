@@ -127,8 +127,8 @@ def model_sampling_macs(key: str, steps: int | None = None, gate_step: int | Non
                         height: int | None = None, width: int | None = None, frames: int | None = None) -> dict:
     """Stock and TGATE MACs of one guided run of the registry model ``key`` at its defaults (or those given),
     counted with attention (:data:`CONVENTION`), for one prompt; with the per-forward figures."""
-    from .architectures import build_denoiser
-    from .dit_architectures import dit_denoiser_inputs, is_dit
+    from .architectures import build_denoiser, text_tokens, vae_factors
+    from .dit_architectures import dit_denoiser_inputs, family_vae, is_dit
     from .models import get_model
     from .schedule import TgateSchedule
     from .step_macs import StepCounter, flop_counter_macs
@@ -143,9 +143,11 @@ def model_sampling_macs(key: str, steps: int | None = None, gate_step: int | Non
     steps = steps or spec.steps
     gate_step = spec.gate_step if gate_step is None else gate_step
     two_calls = isinstance(denoiser, WanTransformer3DModel)  # Wan guides with two batch-1 calls
-    single = forward_macs(denoiser, dit_denoiser_inputs(denoiser, 1, height, width, frames))
+    # the spec's own VAE factors and text length where its configs say them (the Wan toy), else the family's
+    shapes = dict(height=height, width=width, frames=frames, vae=vae_factors(spec), text_tokens=text_tokens(spec))
+    single = forward_macs(denoiser, dit_denoiser_inputs(denoiser, 1, **shapes))
     counter = StepCounter(denoiser, None, True, count=flop_counter_macs,
-                          inputs=dit_denoiser_inputs(denoiser, 2, height, width, frames))
+                          inputs=dit_denoiser_inputs(denoiser, 2, **shapes))
     schedule = TgateSchedule(gate_step if gate_step is not None and gate_step < steps else None)
     stock, tgate = counter.run_macs(steps, schedule)
     switch = expert_switch_step(spec, steps)
@@ -154,6 +156,8 @@ def model_sampling_macs(key: str, steps: int | None = None, gate_step: int | Non
         tgate += counter.stock_step() - counter.step_macs(schedule, switch + 1)[switch]
     return {
         "model": key, "height": height, "width": width, "frames": frames, "steps": steps, "gate_step": gate_step,
+        # None: the family's own (HunyuanDiT's two text lengths)
+        "text_tokens": shapes["text_tokens"], "vae_factors": list(family_vae(denoiser, shapes["vae"])),
         "guidance": "two calls of batch 1" if two_calls else "one call of batch 2",
         "forward": single.total, "forward_without_cross_attention": single.without_cross_attention,
         "guided_step": counter.stock_step(), "expert_switch_step": switch, "stock": stock, "tgate": tgate,
