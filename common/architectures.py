@@ -13,7 +13,9 @@ pipeline's sampling loop hands that denoiser at a given image resolution, for ea
 - PixArt-Sigma: 300 T5 token embeddings with their mask (its pipeline's ``max_sequence_length``), no
   resolution or aspect-ratio conditions (its config turns them off).
 
-``text_tokens(spec)`` says how many text tokens the pipeline of ``spec`` hands its denoiser.
+``text_tokens(spec)`` says how many text tokens the pipeline of ``spec`` hands its denoiser, ``vae_scale_factor``
+and ``vae_factors`` how many pixels (and frames) make one latent; ``counts_attention(spec)`` whether its MACs are
+counted with attention (the cross-attention DiTs: ``common/flop_count.py``).
 """
 
 from __future__ import annotations
@@ -102,20 +104,49 @@ def build_denoiser(
     return denoiser.eval()
 
 
+def vae_config(spec: ModelSpec) -> dict[str, Any] | None:
+    """``spec``'s VAE config, None where its config folder has none (the LCM folders hold their denoiser only)."""
+    config = spec.component_config_dir("vae") / "config.json"
+    return json.loads(config.read_text()) if config.is_file() else None
+
+
 def vae_scale_factor(spec: ModelSpec) -> int:
-    """Pixels per latent of ``spec``'s VAE, as diffusers' pipelines compute it: 2 ** (VAE levels - 1).
+    """Pixels per latent of ``spec``'s VAE, as diffusers' pipelines compute it: 2 ** (VAE levels - 1), or
+    ``scale_factor_spatial`` where the config says it (``AutoencoderKLWan``: WanPipeline reads it).
 
     The LCM config folders hold their denoiser only; their VAEs (SDXL's, PixArt's) are the table's 8x.
     """
-    config = spec.component_config_dir("vae") / "config.json"
-    if not config.is_file():
+    config = vae_config(spec)
+    if config is None:
         return VAE_SCALE_FACTOR
-    return 2 ** (len(json.loads(config.read_text())["block_out_channels"]) - 1)
+    if "scale_factor_spatial" in config:
+        return config["scale_factor_spatial"]
+    return 2 ** (len(config["block_out_channels"]) - 1)
+
+
+def vae_factors(spec: ModelSpec) -> tuple[int, int] | None:
+    """(space, time): pixels and frames per latent where ``spec``'s VAE config says both (``AutoencoderKLWan``'s
+    ``scale_factor_spatial`` / ``scale_factor_temporal``: Wan 2.1 8x / 4x, the Wan toy 2x / 2x); None where it does
+    not (``dit_architectures`` then takes the family's released VAE)."""
+    config = vae_config(spec) or {}
+    if "scale_factor_spatial" in config and "scale_factor_temporal" in config:
+        return config["scale_factor_spatial"], config["scale_factor_temporal"]
+    return None
+
+
+def counts_attention(spec: ModelSpec) -> bool:
+    """Whether ``spec``'s MACs are counted with attention (torch's FlopCounterMode): its denoiser is a
+    cross-attention DiT (``dit_architectures.DIT_CLASSES``: Wan, the Wan toy, LTX-Video, Sana, HunyuanDiT)."""
+    return denoiser_config(spec).get("_class_name") in DIT_CLASSES
 
 
 def text_tokens(spec: ModelSpec) -> int | None:
     """Text tokens ``spec``'s pipeline hands its denoiser, where its ``__call__`` pads prompts to a
-    ``max_sequence_length`` (PixArt-Alpha 120, PixArt-Sigma 300); None for the CLIP pipelines (77 positions)."""
+    ``max_sequence_length``: the registry's call default (``spec.call_kwargs``: the Wan toy's 16) or the
+    pipeline's (PixArt-Alpha 120, PixArt-Sigma 300, Wan 512); None for the CLIP pipelines (77 positions)."""
+    given = dict(spec.call_kwargs).get("max_sequence_length")
+    if given is not None:
+        return given
     for cls in spec.pipeline_class.__mro__:
         if "__call__" in vars(cls):
             parameter = inspect.signature(cls.__call__).parameters.get("max_sequence_length")

@@ -15,6 +15,10 @@ diffusers 0.42 pipeline uses (``architectures.denoiser_inputs`` dispatches here 
 - HunyuanDiT (``HunyuanDiT2DModel``): latents ``(B, 4, H / 8, W / 8)``; the BERT text (77 tokens, mask) and the
   mT5 text (256 tokens, mask); ``image_meta_size`` (6 numbers), ``style`` and the 2-D RoPE table of the latent
   grid (one row per image token, batch-independent).
+
+These are each family's released VAE and pipeline default. Another checkpoint of a family (the Wan toy: a 2x VAE,
+16 text tokens) passes its own: ``vae=(space, time)`` and ``text_tokens`` (``flop_count.model_sampling_macs``
+reads them from the registry model's configs: ``architectures.vae_factors`` and ``text_tokens``).
 """
 
 from __future__ import annotations
@@ -63,31 +67,39 @@ def is_video(denoiser: torch.nn.Module) -> bool:
     return isinstance(denoiser, (WanTransformer3DModel, LTXVideoTransformer3DModel))
 
 
-def size_multiple(denoiser: torch.nn.Module) -> int:
+def family_vae(denoiser: torch.nn.Module, vae: tuple[int, int] | None = None) -> tuple[int, int]:
+    """(space, time) pixels and frames per latent: ``vae`` where given, else the family's released VAE's
+    (time 1 for the image models)."""
+    if vae is not None:
+        return vae
+    if isinstance(denoiser, WanTransformer3DModel):
+        return WAN_VAE
+    if isinstance(denoiser, LTXVideoTransformer3DModel):
+        return LTX_VAE
+    if isinstance(denoiser, SanaTransformer2DModel):
+        return SANA_VAE, 1
+    return HUNYUANDIT_VAE, 1
+
+
+def size_multiple(denoiser: torch.nn.Module, vae: tuple[int, int] | None = None) -> int:
     """Heights and widths must be multiples of this: the VAE's spatial factor times the patch size."""
     config = denoiser.config
-    if isinstance(denoiser, WanTransformer3DModel):
-        return WAN_VAE[0] * config.patch_size[1]
-    if isinstance(denoiser, LTXVideoTransformer3DModel):
-        return LTX_VAE[0] * config.patch_size
-    if isinstance(denoiser, SanaTransformer2DModel):
-        return SANA_VAE * config.patch_size
-    return HUNYUANDIT_VAE * config.patch_size
+    patch = config.patch_size[1] if isinstance(denoiser, WanTransformer3DModel) else config.patch_size
+    return family_vae(denoiser, vae)[0] * patch
 
 
-def latent_frames(denoiser: torch.nn.Module, frames: int) -> int:
+def latent_frames(denoiser: torch.nn.Module, frames: int, vae: tuple[int, int] | None = None) -> int:
     """Latent frames of a ``frames``-frame video (1 for the image models)."""
-    if isinstance(denoiser, WanTransformer3DModel):
-        return (frames - 1) // WAN_VAE[1] + 1
-    if isinstance(denoiser, LTXVideoTransformer3DModel):
-        return (frames - 1) // LTX_VAE[1] + 1
+    if is_video(denoiser):
+        return (frames - 1) // family_vae(denoiser, vae)[1] + 1
     return 1
 
 
-def image_tokens(denoiser: torch.nn.Module, height: int, width: int, frames: int = 1) -> int:
+def image_tokens(denoiser: torch.nn.Module, height: int, width: int, frames: int = 1,
+                 vae: tuple[int, int] | None = None) -> int:
     """Tokens the transformer's self-attention sees at this size (Wan 2.1-1.3B, 832x480x81: 32,760)."""
-    multiple = size_multiple(denoiser)
-    return latent_frames(denoiser, frames) * (height // multiple) * (width // multiple)
+    multiple = size_multiple(denoiser, vae)
+    return latent_frames(denoiser, frames, vae) * (height // multiple) * (width // multiple)
 
 
 def dit_denoiser_inputs(
@@ -99,16 +111,21 @@ def dit_denoiser_inputs(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     generator: torch.Generator | None = None,
+    vae: tuple[int, int] | None = None,
+    text_tokens: int | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments of one call of a DiT at ``height`` x ``width`` pixels (and ``frames`` frames for Wan and
     LTX-Video) for ``batch`` samples, shaped as its pipeline makes them (module docstring). Values are random
-    (none on the ``meta`` device); device and dtype default to the transformer's."""
+    (none on the ``meta`` device); device and dtype default to the transformer's. ``vae`` (space, time) and
+    ``text_tokens`` replace the family's released VAE factors and text length (HunyuanDiT's two fixed text
+    lengths stay)."""
     if not is_dit(denoiser):
         raise TypeError(f"not a cross-attention DiT of this module: {type(denoiser).__name__}")
     parameter = next(denoiser.parameters())
     device = parameter.device if device is None else torch.device(device)
     dtype = parameter.dtype if dtype is None else dtype
-    multiple = size_multiple(denoiser)
+    multiple = size_multiple(denoiser, vae)
+    space = family_vae(denoiser, vae)[0]
     for name, value in (("height", height), ("width", width)):
         if value < multiple or value % multiple:
             raise ValueError(f"the {name} must be a positive multiple of {multiple} pixels, got {value}")
@@ -127,44 +144,46 @@ def dit_denoiser_inputs(
     timestep = torch.full((batch,), 999, device=device)
     if isinstance(denoiser, WanTransformer3DModel):
         inputs = {
-            "hidden_states": random(batch, config.in_channels, latent_frames(denoiser, frames), height // WAN_VAE[0],
-                                    width // WAN_VAE[0]),
+            "hidden_states": random(batch, config.in_channels, latent_frames(denoiser, frames, vae), height // space,
+                                    width // space),
             "timestep": timestep,
-            "encoder_hidden_states": random(batch, WAN_TEXT_TOKENS, config.text_dim),
+            "encoder_hidden_states": random(batch, text_tokens or WAN_TEXT_TOKENS, config.text_dim),
             "return_dict": False,
         }
         if config.image_dim is not None:  # I2V: the CLIP image tokens enter attn2 through add_k_proj / add_v_proj
             inputs["encoder_hidden_states_image"] = random(batch, WAN_IMAGE_TOKENS, config.image_dim)
         return inputs
     if isinstance(denoiser, LTXVideoTransformer3DModel):
-        grid = (latent_frames(denoiser, frames), height // LTX_VAE[0], width // LTX_VAE[0])
+        grid = (latent_frames(denoiser, frames, vae), height // space, width // space)
+        tokens = text_tokens or LTX_TEXT_TOKENS
         return {
             "hidden_states": random(batch, grid[0] * grid[1] * grid[2], config.in_channels),
-            "encoder_hidden_states": random(batch, LTX_TEXT_TOKENS, config.caption_channels),
+            "encoder_hidden_states": random(batch, tokens, config.caption_channels),
             "timestep": timestep,
-            "encoder_attention_mask": ones(batch, LTX_TEXT_TOKENS),
+            "encoder_attention_mask": ones(batch, tokens),
             "num_frames": grid[0],
             "height": grid[1],
             "width": grid[2],
-            "rope_interpolation_scale": (LTX_VAE[1] / LTX_FRAME_RATE, LTX_VAE[0], LTX_VAE[0]),
+            "rope_interpolation_scale": (family_vae(denoiser, vae)[1] / LTX_FRAME_RATE, space, space),
             "return_dict": False,
         }
     if isinstance(denoiser, SanaTransformer2DModel):
+        tokens = text_tokens or SANA_TEXT_TOKENS
         return {
-            "hidden_states": random(batch, config.in_channels, height // SANA_VAE, width // SANA_VAE),
-            "encoder_hidden_states": random(batch, SANA_TEXT_TOKENS, config.caption_channels),
-            "encoder_attention_mask": ones(batch, SANA_TEXT_TOKENS),
+            "hidden_states": random(batch, config.in_channels, height // space, width // space),
+            "encoder_hidden_states": random(batch, tokens, config.caption_channels),
+            "encoder_attention_mask": ones(batch, tokens),
             "timestep": timestep,
             "return_dict": False,
         }
     # HunyuanDiT, as HunyuanDiTPipeline.__call__ builds its inputs
-    grid = (height // HUNYUANDIT_VAE // config.patch_size, width // HUNYUANDIT_VAE // config.patch_size)
-    base = HUNYUANDIT_BASE_SIZE // HUNYUANDIT_VAE // config.patch_size
+    grid = (height // space // config.patch_size, width // space // config.patch_size)
+    base = HUNYUANDIT_BASE_SIZE // space // config.patch_size
     rotary = get_2d_rotary_pos_embed(denoiser.inner_dim // denoiser.num_heads,
                                      get_resize_crop_region_for_grid(grid, base), grid, output_type="pt")
     bert, t5 = HUNYUANDIT_TEXT_TOKENS
     return {
-        "hidden_states": random(batch, config.in_channels, height // HUNYUANDIT_VAE, width // HUNYUANDIT_VAE),
+        "hidden_states": random(batch, config.in_channels, height // space, width // space),
         "timestep": timestep,
         "encoder_hidden_states": random(batch, bert, config.cross_attention_dim),
         "text_embedding_mask": ones(batch, bert, dtype=torch.long),

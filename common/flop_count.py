@@ -6,6 +6,9 @@ layers, convolutions, and attention's ``Q K^T`` and ``A V``, ``2 N M d`` FLOPs e
 counted. calflops (eval/macs.py, the paper-table reproduction's convention) counts the same linear layers but
 skips ``scaled_dot_product_attention``: at 32,760 tokens (Wan2.1-1.3B, 832x480, 81 frames) that is 99T of a
 141.5T forward. Counting runs on the ``meta`` device (no weights, no memory) in about a second.
+:func:`attention_flop_counter` is the counter every count here uses: torch's, plus the formula torch 2.14 lacks for
+the CPU's fused attention kernel (``_scaled_dot_product_flash_attention_for_cpu``), so that a run on real CPU
+tensors (``eval/run_meter.py``) counts attention as the meta device's decomposed ``bmm``s do.
 
 For TGATE: a forward after the gate skips every cross-attention module (it returns its cache), so it costs
 :attr:`ForwardMacs.without_cross_attention`. :func:`model_sampling_macs` counts a run the one way every MACs
@@ -25,7 +28,7 @@ from typing import Any
 
 import torch
 from diffusers import HunyuanDiT2DModel, LTXVideoTransformer3DModel, SanaTransformer2DModel, WanTransformer3DModel
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 CONVENTION = ("torch FlopCounterMode MACs (FLOPs / 2): linear layers, convolutions and attention's QK^T and AV "
               "matmuls; not elementwise ops, norms, softmax")
@@ -36,6 +39,21 @@ CROSS_ATTENTION = {
     SanaTransformer2DModel: r"transformer_blocks\.\d+\.attn2",
     HunyuanDiT2DModel: r"blocks\.\d+\.attn2",
 }
+
+
+# Fused attention kernels FlopCounterMode has no formula for (it counts them as 0 FLOPs): the CPU's flash kernel,
+# what scaled_dot_product_attention runs on CPU tensors. CUDA's kernels and the math fallback (bmm)
+# are counted by torch itself.
+def _sdpa_flops(query_shape, key_shape, value_shape, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)  # torch's formula for its CUDA kernels
+
+
+UNCOUNTED_ATTENTION = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flops}
+
+
+def attention_flop_counter(**kwargs: Any) -> FlopCounterMode:
+    """``FlopCounterMode(**kwargs)`` that also counts :data:`UNCOUNTED_ATTENTION` (``Q K^T`` and ``A V``)."""
+    return FlopCounterMode(**{"display": False, **kwargs}, custom_mapping=UNCOUNTED_ATTENTION)
 
 
 @dataclass(frozen=True)
@@ -62,7 +80,7 @@ class ForwardMacs:
 
 def count_macs(module: torch.nn.Module, inputs: dict[str, Any]) -> MacCount:
     """MACs of ``module(**inputs)`` (one forward, no gradient), in total and per submodule."""
-    with FlopCounterMode(display=False, depth=None) as counter, torch.no_grad():
+    with attention_flop_counter(depth=None) as counter, torch.no_grad():
         module(**inputs)
     root = type(module).__name__
     per_module = {}
@@ -109,8 +127,8 @@ def model_sampling_macs(key: str, steps: int | None = None, gate_step: int | Non
                         height: int | None = None, width: int | None = None, frames: int | None = None) -> dict:
     """Stock and TGATE MACs of one guided run of the registry model ``key`` at its defaults (or those given),
     counted with attention (:data:`CONVENTION`), for one prompt; with the per-forward figures."""
-    from .architectures import build_denoiser
-    from .dit_architectures import dit_denoiser_inputs, is_dit
+    from .architectures import build_denoiser, text_tokens, vae_factors
+    from .dit_architectures import dit_denoiser_inputs, family_vae, is_dit
     from .models import get_model
     from .schedule import TgateSchedule
     from .step_macs import StepCounter, flop_counter_macs
@@ -125,9 +143,11 @@ def model_sampling_macs(key: str, steps: int | None = None, gate_step: int | Non
     steps = steps or spec.steps
     gate_step = spec.gate_step if gate_step is None else gate_step
     two_calls = isinstance(denoiser, WanTransformer3DModel)  # Wan guides with two batch-1 calls
-    single = forward_macs(denoiser, dit_denoiser_inputs(denoiser, 1, height, width, frames))
+    # the spec's own VAE factors and text length where its configs say them (the Wan toy), else the family's
+    shapes = dict(height=height, width=width, frames=frames, vae=vae_factors(spec), text_tokens=text_tokens(spec))
+    single = forward_macs(denoiser, dit_denoiser_inputs(denoiser, 1, **shapes))
     counter = StepCounter(denoiser, None, True, count=flop_counter_macs,
-                          inputs=dit_denoiser_inputs(denoiser, 2, height, width, frames))
+                          inputs=dit_denoiser_inputs(denoiser, 2, **shapes))
     schedule = TgateSchedule(gate_step if gate_step is not None and gate_step < steps else None)
     stock, tgate = counter.run_macs(steps, schedule)
     switch = expert_switch_step(spec, steps)
@@ -136,6 +156,8 @@ def model_sampling_macs(key: str, steps: int | None = None, gate_step: int | Non
         tgate += counter.stock_step() - counter.step_macs(schedule, switch + 1)[switch]
     return {
         "model": key, "height": height, "width": width, "frames": frames, "steps": steps, "gate_step": gate_step,
+        # None: the family's own (HunyuanDiT's two text lengths)
+        "text_tokens": shapes["text_tokens"], "vae_factors": list(family_vae(denoiser, shapes["vae"])),
         "guidance": "two calls of batch 1" if two_calls else "one call of batch 2",
         "forward": single.total, "forward_without_cross_attention": single.without_cross_attention,
         "guided_step": counter.stock_step(), "expert_switch_step": switch, "stock": stock, "tgate": tgate,

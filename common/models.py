@@ -281,6 +281,9 @@ MODELS: dict[str, ModelSpec] = {
         note="one 16x16 frame of a handwritten digit; call with height=16, width=16, num_frames=1 "
         "(eval.wan_toy.model.CALL_DEFAULTS)",
         configs=str(WAN_TOY_CHECKPOINT),
+        # the toy's text length (eval.wan_toy.model.TEXT_LENGTH; WanPipeline's default is 512): what its calls pass
+        # and what its MACs are counted at (architectures.text_tokens)
+        call_kwargs=(("max_sequence_length", 16),),
     ),
 }
 

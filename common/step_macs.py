@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import torch
 
-from .architectures import VAE_SCALE_FACTOR, denoiser_inputs, text_tokens
+from .architectures import VAE_SCALE_FACTOR, counts_attention, denoiser_inputs, text_tokens
 from .builders import meta_copy
 from .dit_architectures import dit_denoiser_inputs, is_dit
 from .dit_models import DIT_MODELS
@@ -54,9 +54,9 @@ def calflops_macs(denoiser: torch.nn.Module, inputs: dict[str, Any]) -> int:
 def flop_counter_macs(denoiser: torch.nn.Module, inputs: dict[str, Any]) -> int:
     """torch's ``FlopCounterMode`` count of ``denoiser(**inputs)`` in MACs (its FLOPs / 2): it counts at the
     aten level, so fused attention (``scaled_dot_product_attention``) and any module class are seen."""
-    from torch.utils.flop_counter import FlopCounterMode
+    from .flop_count import attention_flop_counter
 
-    with FlopCounterMode(display=False) as mode, torch.no_grad():
+    with attention_flop_counter() as mode, torch.no_grad():
         denoiser(**inputs)
     return int(mode.get_total_flops()) // 2
 
@@ -68,7 +68,13 @@ MACS_COUNTERS: dict[str, MacsCount] = {key: flop_counter_macs for key in DIT_MOD
 
 
 def macs_count_for(spec: ModelSpec | None) -> MacsCount:
-    return MACS_COUNTERS.get(spec.key, calflops_macs) if spec is not None else calflops_macs
+    """``spec``'s counter: :data:`MACS_COUNTERS`', torch's for any other cross-attention DiT (the Wan toy), else
+    calflops."""
+    if spec is None:
+        return calflops_macs
+    if spec.key in MACS_COUNTERS:
+        return MACS_COUNTERS[spec.key]
+    return flop_counter_macs if counts_attention(spec) else calflops_macs
 
 
 class StepCounter:

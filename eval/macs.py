@@ -39,8 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repositor
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from common.architectures import ConfigNotFoundError, build_denoiser, text_tokens, vae_scale_factor  # noqa: E402
-from common.dit_models import DIT_MODELS  # noqa: E402
+from common.architectures import (  # noqa: E402
+    ConfigNotFoundError, build_denoiser, counts_attention, text_tokens, vae_scale_factor,
+)
 from common.gate import cross_attention_modules  # noqa: E402
 from common.models import MODELS, PAPER_MODELS, ModelSpec, get_model  # noqa: E402
 from common.schedule import TgateSchedule  # noqa: E402
@@ -292,7 +293,8 @@ def unique_rows(results: list[Result]) -> list[dict[str, Any]]:
 
 
 def dit_run(key: str, args: argparse.Namespace) -> int:
-    """A DiT model's stock and TGATE MACs, attention counted (FlopCounterMode), on its model card's video or image.
+    """A DiT model's stock and TGATE MACs, attention counted (FlopCounterMode), on its model card's video or image
+    (the Wan toy: one 16x16 frame, its 2x VAE and 16 text tokens, read from its configs).
 
     The paper-table models are counted with calflops, which skips ``scaled_dot_product_attention``: at Wan's 32,760
     tokens that is most of a forward, so these figures use torch's counter and say so."""
@@ -300,12 +302,16 @@ def dit_run(key: str, args: argparse.Namespace) -> int:
 
     run = model_sampling_macs(key, steps=args.steps, gate_step=args.gate)
     frames = f", {run['frames']} frames" if run["frames"] > 1 else ""
-    print(f"{get_model(key).title}: {run['width']}x{run['height']}{frames}, {run['steps']} steps, guidance by "
+    tokens = f", {run['text_tokens']} text tokens" if run["text_tokens"] else ""
+    print(f"{get_model(key).title}: {run['width']}x{run['height']}{frames}{tokens}, {run['steps']} steps, guidance by "
           f"{run['guidance']}, gate {run['gate_step']}")
-    print(f"  one forward (batch 1)          {run['forward'] / 1e12:10.2f}T")
-    print(f"  ... without cross-attention    {run['forward_without_cross_attention'] / 1e12:10.2f}T")
-    print(f"  stock run                      {run['stock'] / 1e12:10.1f}T")
-    print(f"  TGATE run                      {run['tgate'] / 1e12:10.1f}T   ({run['speedup']:.3f}x fewer MACs)")
+    # T for the real models; the toy's run is some hundred million MACs
+    scale, unit = next((10 ** power, unit) for power, unit in ((12, "T"), (9, "G"), (6, "M"), (0, ""))
+                       if run["stock"] >= 10 ** power or power == 0)
+    print(f"  one forward (batch 1)          {run['forward'] / scale:10.2f}{unit}")
+    print(f"  ... without cross-attention    {run['forward_without_cross_attention'] / scale:10.2f}{unit}")
+    print(f"  stock run                      {run['stock'] / scale:10.1f}{unit}")
+    print(f"  TGATE run                      {run['tgate'] / scale:10.1f}{unit}   ({run['speedup']:.3f}x fewer MACs)")
     print(f"  convention: {run['convention']}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -316,7 +322,7 @@ def dit_run(key: str, args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args, specs = parse_args(argv)
-    if len(specs) == 1 and specs[0].key in DIT_MODELS:
+    if len(specs) == 1 and counts_attention(specs[0]):  # the DiTs (and the Wan toy): attention counted
         return dit_run(specs[0].key, args)
     v1: list[Result] = []
     v2: list[Result] = []

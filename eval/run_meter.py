@@ -4,7 +4,8 @@ Caches such as FirstBlockCache or MagCache decide at run time what to skip, so t
 call runs (not derived from a formula):
 
 - MACs: ``torch.utils.flop_counter.FlopCounterMode`` over the call, read for the denoiser module only (its
-  FLOPs / 2; attention included, which calflops misses).
+  FLOPs / 2; attention included, which calflops misses, also the CPU's fused kernel, which torch's counter
+  misses: ``common.flop_count.attention_flop_counter``).
 - Loop time: from the denoiser's first forward to the end of the last step (``callback_on_step_end``), so prompt
   encoding and decoding are left out; wall-clock seconds and the process's CPU seconds (on a CPU shared with
   other jobs the CPU seconds are the stable measure of the work done: wall time there varies several-fold).
@@ -23,7 +24,8 @@ from typing import Any, Callable
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
-from torch.utils.flop_counter import FlopCounterMode
+
+from common.flop_count import attention_flop_counter
 
 
 class LiveTensorBytes(TorchDispatchMode):
@@ -144,7 +146,7 @@ def run_counted(call: Callable[..., Any], denoiser: torch.nn.Module) -> RunCost:
             marks["peak"] = memory.window_peak
 
     clock = LoopClock(denoiser, on_start=loop_started, on_step_end=step_ended)
-    counter = FlopCounterMode(display=False)
+    counter = attention_flop_counter()
     try:
         with ExitStack() as stack:
             stack.enter_context(counter)

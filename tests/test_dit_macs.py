@@ -145,3 +145,39 @@ def test_eval_macs_counts_a_dit_model_with_attention(tmp_path, capsys):
     run = json.loads((tmp_path / "sana.json").read_text())
     assert run == model_sampling_macs("sana", gate_step=5)
     assert "TGATE run" in capsys.readouterr().out and run["tgate"] < run["stock"]
+
+
+def test_the_attention_counter_counts_the_cpu_fused_kernel_as_the_meta_device_does():
+    """torch's FlopCounterMode counts 0 for scaled_dot_product_attention on CPU tensors (a fused kernel with no
+    formula); common.flop_count's counter counts it as on the meta device (bmm): 2 x N x M x d per head, twice."""
+    from common.flop_count import attention_flop_counter
+
+    counts = {}
+    for device in ("cpu", "meta"):
+        query = torch.ones(1, 4, 16, 8, device=device)
+        with attention_flop_counter() as counter:
+            torch.nn.functional.scaled_dot_product_attention(query, query, query)
+        counts[device] = counter.get_total_flops()
+    assert counts["cpu"] == counts["meta"] == 2 * (2 * 4 * 16 * 16 * 8)
+
+
+def test_compare_executed_macs_on_the_wan_toy_equal_eval_macs_count(tmp_path):
+    """eval/compare.py's counted run of the committed Wan toy (real CPU tensors, the pipeline's own shapes: 10
+    prompts, two calls per step) against eval/macs.py's count on the meta device from the toy's configs (its 2x
+    AutoencoderKLWan, its 16 text tokens, one 16x16 frame), per prompt, same steps and gate: within 0.5%."""
+    from eval import compare, macs
+    from eval.wan_toy.model import TEXT_LENGTH
+
+    steps, gate = 4, 2
+    assert compare.main(["--steps", str(steps), "--gate", str(gate), "--per-digit", "1", "--repeats", "1",
+                         "--variants", "TGATE", "--json", str(tmp_path / "compare.json")]) == 0
+    rows = {row["name"]: row for row in json.loads((tmp_path / "compare.json").read_text())["rows"]}
+    assert macs.main(["--model", "wan_toy", "--steps", str(steps), "--gate", str(gate),
+                      "--json", str(tmp_path / "macs.json")]) == 0
+    counted = json.loads((tmp_path / "macs.json").read_text())
+    assert rows["stock"]["macs_per_image"] == pytest.approx(counted["stock"], rel=0.005)
+    assert rows["TGATE"]["macs_per_image"] == pytest.approx(counted["tgate"], rel=0.005)
+    assert (counted["height"], counted["width"], counted["frames"]) == (16, 16, 1)
+    assert (counted["text_tokens"], counted["vae_factors"]) == (TEXT_LENGTH, [2, 2])
+    assert "attention" in counted["convention"]
+    assert counted["stock"] == steps * 2 * counted["forward"]
