@@ -23,8 +23,6 @@ guidance, a stack that fails on the run).
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
 import statistics
 import sys
@@ -39,7 +37,7 @@ import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from common.cli import DTYPES  # noqa: E402
-from eval.compare_report import markdown_table, pareto_front, plot  # noqa: E402
+from eval.compare_report import pareto_front, write_outputs  # noqa: E402
 from eval.compare_runs import WEIGHTS_NOTES, RealRun, load_real, size_of  # noqa: E402
 from eval.compare_unet import TimestepProbe, applied, unet_variants  # noqa: E402
 from eval.compare_variants import (  # noqa: E402
@@ -385,35 +383,6 @@ def conventions(clock: str, toy: bool, video: bool) -> dict:
     if toy:
         found["toy"] = "digit classifier accuracy and toy-FD (classifier features, not Inception FID) on frame 0"
     return found
-
-
-def write_outputs(args, results: dict) -> None:
-    table = markdown_table(results)
-    print("\n" + table)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(jsonable(results), indent=2) + "\n")
-        print(f"-> {args.json}")
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(f"# {results['title']}\n\n{table}")
-        print(f"-> {args.markdown}")
-    if args.plot:
-        plot(results, args.plot)
-        print(f"-> {args.plot}")
-
-
-def jsonable(value):
-    """Plain JSON: infinite PSNR (identical to stock) as the string "inf", numpy scalars as numbers, no arrays."""
-    if isinstance(value, dict):
-        return {key: jsonable(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(item) for item in value]
-    if isinstance(value, (np.floating, np.integer)):
-        value = value.item()
-    if isinstance(value, float) and math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    return value
 
 
 if __name__ == "__main__":

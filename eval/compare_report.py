@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
+
+import numpy as np
 
 
 def ran(rows: list[dict]) -> list[dict]:
@@ -110,3 +113,32 @@ def plot(results: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def write_outputs(args, results: dict) -> None:
+    table = markdown_table(results)
+    print("\n" + table)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(jsonable(results), indent=2) + "\n")
+        print(f"-> {args.json}")
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(f"# {results['title']}\n\n{table}")
+        print(f"-> {args.markdown}")
+    if args.plot:
+        plot(results, args.plot)
+        print(f"-> {args.plot}")
+
+
+def jsonable(value):
+    """Plain JSON: infinite PSNR (identical to stock) as the string "inf", numpy scalars as numbers, no arrays."""
+    if isinstance(value, dict):
+        return {key: jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(item) for item in value]
+    if isinstance(value, (np.floating, np.integer)):
+        value = value.item()
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return value
