@@ -8,7 +8,6 @@ network's output: every title and JSON of such a run says "random weights".
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 
