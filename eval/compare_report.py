@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
+
+import numpy as np
 
 
 def ran(rows: list[dict]) -> list[dict]:
@@ -30,21 +33,31 @@ def _number(value, digits: int = 2, suffix: str = "") -> str:
 
 
 def markdown_table(results: dict) -> str:
+    """The rows that ran, then one line per variant that did not (why) and per caveat. The toy's accuracy and
+    toy-FD columns only where the rows have them (a real model has no such measure); a run not on a real
+    checkpoint (random weights, tiny components) says so above the table."""
     rows = results["rows"]
     front = set(results.get("pareto_front_psnr", []))
     clock = results.get("settings", {}).get("clock", "wall")
-    lines = [
-        f"| variant | setting | denoiser MACs / image | MACs vs stock | loop s ({clock}) | speedup | peak MB | "
-        "PSNR dB | SSIM | accuracy | toy-FD |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    toy = any("accuracy" in row for row in ran(rows))
+    unit = "image" if toy or "images" in results.get("conventions", {}).get("fidelity", "images") else "video"
+    lines = []
+    if results.get("weights") in ("random", "tiny"):
+        lines += [f"**{results['weights_note']}**", ""]
+    lines += [
+        f"| variant | setting | denoiser MACs / {unit} | MACs vs stock | loop s ({clock}) | speedup | peak MB | "
+        "PSNR dB | SSIM |" + (" accuracy | toy-FD |" if toy else ""),
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: | ---: |" if toy else ""),
     ]
     for row in ran(rows):
         name = f"**{row['name']}**" if row["name"] in front else row["name"]
+        macs = row["macs_per_image"]
+        macs = f"{macs / 1e12:.3f}T" if macs >= 1e12 else f"{macs / 1e9:.2f}G" if macs >= 1e9 else f"{macs / 1e6:.2f}M"
         lines.append(
-            f"| {name} | {row['setting']} | {row['macs_per_image'] / 1e6:.2f}M | {_number(row['macs_fraction'], 3)} | "
+            f"| {name} | {row['setting']} | {macs} | {_number(row['macs_fraction'], 3)} | "
             f"{_number(row['loop_seconds'], 3)} | {_number(row['speedup'], 2, 'x')} | "
-            f"{_number(row['peak_mb'], 1)} | {_number(row['psnr'], 1)} | {_number(row['ssim'], 3)} | "
-            f"{_number(row['accuracy'] * 100, 1, '%')} | {_number(row['toy_fd'], 1)} |")
+            f"{_number(row['peak_mb'], 1)} | {_number(row['psnr'], 1)} | {_number(row['ssim'], 3)} |" + (
+                f" {_number(row['accuracy'] * 100, 1, '%')} | {_number(row['toy_fd'], 1)} |" if toy else ""))
     reference = results.get("real_digits")
     if reference:
         lines.append(f"| {reference['setting']} | - | - | - | - | - | - | - | - | "
@@ -100,3 +113,32 @@ def plot(results: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def write_outputs(args, results: dict) -> None:
+    table = markdown_table(results)
+    print("\n" + table)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(jsonable(results), indent=2) + "\n")
+        print(f"-> {args.json}")
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(f"# {results['title']}\n\n{table}")
+        print(f"-> {args.markdown}")
+    if args.plot:
+        plot(results, args.plot)
+        print(f"-> {args.plot}")
+
+
+def jsonable(value):
+    """Plain JSON: infinite PSNR (identical to stock) as the string "inf", numpy scalars as numbers, no arrays."""
+    if isinstance(value, dict):
+        return {key: jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(item) for item in value]
+    if isinstance(value, (np.floating, np.integer)):
+        value = value.item()
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return value

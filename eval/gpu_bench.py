@@ -10,6 +10,12 @@ and the hooks with no step gated. Per variant: median seconds per image, the den
 speedup beside the speedup MACs predict (eval/macs.py), peak allocated memory. One JSON (``--out``) and a
 markdown table beside it (same name, ``.md``) headed with the card's name.
 
+``--compare`` adds the comparison of eval/compare.py (stock, TGATE v1 and V2, DeepCache, diffusers' caches and
+TGATE stacked on them: executed MACs, loop time and speedup, peak memory, PSNR/SSIM to stock) on
+Wan2.1-T2V-1.3B and SDXL (``COMPARE``), written beside ``--out`` as ``<out>_compare_<model>.{json,md,png}``;
+``--compare-only`` runs only that part. With ``--tiny`` it runs on the CPU at the tiny components' size (a
+smoke test of the script).
+
 Not yet run on a GPU (none was lent to this project's sessions). The eager passes are ~40 runs of 25 steps per
 model; the compiled passes add one inductor compilation per kind of step of each variant (about a dozen graphs
 per UNet), which on SDXL may alone take minutes: if the whole does not fit 8 minutes, run ``--no-compile`` and
@@ -38,6 +44,14 @@ from eval.timing import add_timing_args, check_timing_args  # noqa: E402
 BENCHMARKS = (("sd15", ("--resolution", "512")), ("sdxl", ("--resolution", "1024")),
               ("wan", ("--height", "480", "--width", "832", "--frames", "17")))
 WAN_STEPS, WAN_GATE = 50, 20  # the model card's steps; the registry's default gate (40% of the steps)
+# eval/compare.py's settings (--compare). Wan2.1-T2V-1.3B at the model card's 832x480, 17 frames (as above), 25
+# steps (gate 10, 40%), not 50: the comparison runs ~15 variants, each once counted (FlopCounterMode, slower)
+# and --repeats times timed, plus MagCache's calibration run: at 50 steps that alone would exceed the script's
+# minutes; bfloat16 (Wan's own dtype; float16 risks overflow in its attention). SDXL at the paper's 1024 px,
+# 25 steps, gate 10, float16 (its VAE is upcast by the pipeline). Wall-clock loop times (an idle GPU).
+COMPARE = (("wan", ("--height", "480", "--width", "832", "--frames", "17", "--steps", "25", "--gate", "10",
+                    "--dtype", "bfloat16")),
+           ("sdxl", ("--resolution", "1024", "--steps", "25", "--gate", "10", "--dtype", "float16")))
 # gate 10 (the example scripts'), V2 at the official V2 README's SDXL setting, DeepCache's official defaults
 DEFAULTS = TgateSchedule(10, sp_interval=5, fi_interval=1, warm_up=2, deepcache_interval=3, deepcache_branch=0)
 
@@ -62,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     passes.add_argument("--no-compile", action="store_true", help="eager only")
     passes.add_argument("--compile-only", action="store_true", help="torch.compile'd only")
     add_timing_args(parser)
+    compare = parser.add_mutually_exclusive_group()
+    compare.add_argument("--compare", action="store_true",
+                         help="also eval/compare.py on Wan2.1-T2V-1.3B (832x480, 17 frames, 25 steps) and SDXL "
+                         "(1024 px, 25 steps): <out>_compare_<model>.{json,md,png}")
+    compare.add_argument("--compare-only", action="store_true", help="only the comparison (--compare's part)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", metavar="B",
                         help="also each variant's peak memory at these images per prompt (default: batch 1 only, "
                         "from the timed runs)")
@@ -96,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     records = []
     compiled_passes = [False] if args.no_compile else [True] if args.compile_only else [False, True]
     for model, size in BENCHMARKS:
-        if model not in args.models:
+        if model not in args.models or args.compare_only:
             continue
         steps, model_schedule = args.steps, schedule
         if model == "wan":  # its own steps and gate (--tiny: the flags'); DeepCache caches a UNet's blocks only
@@ -128,6 +147,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
 
+    if args.compare or args.compare_only:
+        for model, settings in COMPARE:
+            if model in args.models and run_compare(args, model, settings, schedule.gate_step) != 0:
+                return 2
+    if not records:
+        print(f"comparison only: {time.perf_counter() - started:.0f} s")
+        return 0
+
     summary = {  # "rows": the layout eval/table.py reads
         "device": records[0]["device"],
         "weights": sorted({record["weights"] for record in records}),
@@ -141,6 +168,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table)
     print(f"{len(records)} runs in {summary['wall_s']:.0f} s -> {args.out}, {args.out.with_suffix('.md')}")
     return 0
+
+
+def run_compare(args: argparse.Namespace, model: str, settings: Sequence[str], gate: int) -> int:
+    """eval/compare.py on ``model``: ``settings`` on the GPU (cached checkpoint, else random weights unless
+    --random-weights asks for them at once); with --tiny, its tiny components at the flags' steps and gate."""
+    from eval import compare
+
+    stem = args.out.with_suffix("")
+    outputs = ["--json", f"{stem}_compare_{model}.json", "--markdown", f"{stem}_compare_{model}.md",
+               "--plot", f"{stem}_compare_{model}.png"]
+    common = ["--model", model, "--device", args.device, "--repeats", str(args.repeats), "--clock",
+              "cpu" if args.device.startswith("cpu") else "wall", *outputs]
+    if args.tiny:
+        argv = [*common, "--tiny", "--steps", str(args.steps), "--gate", str(min(gate, args.steps))]
+    else:
+        argv = [*common, *settings]
+        if args.random_weights or not checkpoint_cached(model):
+            if not args.random_weights:
+                print(f"{model}: no cached checkpoint: the comparison runs random weights on the real architecture",
+                      file=sys.stderr)
+            argv.append("--random-weights")
+    print(f"python eval/compare.py {' '.join(argv)}", flush=True)
+    return compare.main(argv)
+
+
+def checkpoint_cached(model: str) -> bool:
+    """Whether the registry checkpoint of ``model`` is in the Hugging Face cache (no download is tried)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    from common.models import get_model
+
+    found = try_to_load_from_cache(get_model(model).checkpoint, "model_index.json")
+    return isinstance(found, str)
 
 
 def run_with_weights(latency, argv: list[str], fallback: bool) -> dict | None:

@@ -5,6 +5,10 @@
 #
 #   bash eval/gpu_bench.sh --out gpu_bench.json   (cached checkpoints, else random weights per model)
 #
+#   bash eval/gpu_bench.sh --compare --out gpu_bench.json   (+ eval/compare.py on Wan2.1-T2V-1.3B 832x480x17, 25 steps,
+#       and SDXL 1024 px: TGATE, DeepCache, diffusers' caches, stacks -> gpu_bench_compare_{wan,sdxl}.{json,md,png})
+#   bash eval/gpu_bench.sh --compare-only --models sdxl   (only the comparison, one model)
+#
 # Flags go to eval/gpu_bench.py (--help lists them). Exits at once, with a message, when no CUDA GPU is visible.
 set -euo pipefail
 exec python "$(dirname "$0")/gpu_bench.py" "$@"

@@ -151,3 +151,87 @@ def test_run_meter_counts_a_linear_layer_and_the_loop_peak():
         del big
         memory.close_window()
     assert memory.window_peak == 4000 and memory.live == 0
+
+
+# --- real models: SDXL (a UNet, no CacheMixin) and Wan2.1 on tiny components ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def sdxl_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare_sdxl")
+    code = compare.main(["--model", "sdxl", "--tiny", "--steps", "4", "--gate", "2", "--repeats", "1",
+                         "--variants", "TGATE", "TGATE (gate = steps)", "DeepCache", "TGATE + DeepCache", "PAB (docs)",
+                         "TGATE + PAB (self-attention only)", "FirstBlockCache", "MagCache", "FasterCache",
+                         "TaylorSeer", "--json", str(out / "out.json"), "--markdown", str(out / "out.md"),
+                         "--plot", str(out / "out.png")])
+    assert code == 0
+    return out
+
+
+def test_sdxl_tiny_comparison_lists_tgate_deepcache_and_their_stack_with_macs_and_psnr(sdxl_results):
+    results = json.loads((sdxl_results / "out.json").read_text())
+    rows = {row["name"]: row for row in results["rows"]}
+    for name in ("stock", "TGATE", "DeepCache", "TGATE + DeepCache", "PAB (docs)"):
+        assert rows[name]["status"] == "ran" and rows[name]["denoiser_macs"] > 0 and "psnr" in rows[name]
+        assert "accuracy" not in rows[name]  # no toy measures on a real model
+    assert rows["TGATE (gate = steps)"]["psnr"] == "inf" and rows["TGATE (gate = steps)"]["macs_fraction"] == 1.0
+    assert rows["TGATE"]["macs_fraction"] < 1 and rows["DeepCache"]["macs_fraction"] < 1
+    assert rows["TGATE + DeepCache"]["macs_fraction"] < rows["TGATE"]["macs_fraction"]
+    assert rows["PAB (docs)"]["macs_fraction"] < 1  # PAB hooked the UNet's self-attention (apply_*, no CacheMixin)
+    stack = rows["TGATE + PAB (self-attention only)"]
+    assert stack["status"] == "ran" or "across TGATE's gate" in stack["reason"]
+    for name in ("FirstBlockCache", "MagCache", "FasterCache", "TaylorSeer"):
+        assert rows[name]["status"] == "not applicable" and rows[name]["reason"]
+    assert results["weights"] == "tiny" and "tiny random weights" in results["title"]
+    table = (sdxl_results / "out.md").read_text()
+    assert "TINY RANDOM COMPONENTS" in table and "toy-FD" not in table and "| TGATE + DeepCache |" in table.replace(
+        "**", "")
+    assert (sdxl_results / "out.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_not_applicable_reasons_are_what_the_hook_functions_do_on_the_unet():
+    """The claims of eval/compare_unet.py's lines: FirstBlockCache fails, MagCache and TaylorSeer hook nothing."""
+    from diffusers.hooks import (FirstBlockCacheConfig, HookRegistry, MagCacheConfig, TaylorSeerCacheConfig,
+                                 apply_first_block_cache, apply_mag_cache, apply_taylorseer_cache)
+
+    unet = get_model("sdxl").tiny_pipeline().unet
+    with pytest.raises(IndexError):
+        apply_first_block_cache(unet, FirstBlockCacheConfig())
+    apply_mag_cache(unet, MagCacheConfig(num_inference_steps=4, mag_ratios=[1.0] * 4))
+    apply_taylorseer_cache(unet, TaylorSeerCacheConfig())
+    hooked = [name for name, module in unet.named_modules()
+              if isinstance(getattr(module, "_diffusers_hook", None), HookRegistry) and module._diffusers_hook.hooks]
+    assert hooked == []
+
+
+def test_random_weight_runs_say_so_in_title_and_table():
+    from eval.compare_report import markdown_table
+
+    results = {"rows": [], "weights": "random", "weights_note": compare.WEIGHTS_NOTES["random"],
+               "conventions": {"loop_seconds": "x", "fidelity": "images"}}
+    assert "RANDOM WEIGHTS" in markdown_table(results)
+
+
+def test_wan_tiny_real_model_path_runs(tmp_path):
+    out = tmp_path / "wan.json"
+    code = compare.main(["--model", "wan", "--tiny", "--steps", "3", "--gate", "2", "--repeats", "1", "--variants",
+                         "TGATE", "FasterCache (default)", "FirstBlockCache (fast)", "--json", str(out)])
+    assert code == 0
+    results = json.loads(out.read_text())
+    rows = {row["name"]: row for row in results["rows"]}
+    assert rows["TGATE"]["status"] == "ran" and rows["TGATE"]["macs_fraction"] < 1
+    assert rows["FirstBlockCache (fast)"]["status"] == "ran"  # through WanTransformer3DModel.enable_cache
+    assert rows["FasterCache (default)"]["status"] == "does not compose"
+    assert "Wan2.1-T2V-1.3B (tiny random weights" in results["title"] and "16x16x5" in results["title"]
+
+
+def test_gpu_bench_tiny_runs_the_comparison_on_the_cpu(tmp_path):
+    from eval import gpu_bench
+
+    out = tmp_path / "gpu.json"
+    assert gpu_bench.main(["--tiny", "--device", "cpu", "--compare-only", "--models", "sdxl", "--steps", "3",
+                           "--gate", "2", "--repeats", "1", "--warmup", "0", "--out", str(out)]) == 0
+    results = json.loads((tmp_path / "gpu_compare_sdxl.json").read_text())
+    assert {"stock", "TGATE", "DeepCache", "TGATE + DeepCache"} <= {r["name"] for r in results["rows"]
+                                                                    if r["status"] == "ran"}
+    assert (tmp_path / "gpu_compare_sdxl.md").is_file() and not out.exists()  # no latency part was asked for
