@@ -55,7 +55,8 @@ from eval.latency_variants import (  # noqa: E402
 )
 from eval.official_tgate import OFFICIAL_LOADERS, OfficialPackageError, official_variant  # noqa: E402
 from eval.timing import (  # noqa: E402
-    LoopClock, Timing, add_timing_args, check_timing_args, cuda_peak_memory, load_average, time_interleaved,
+    LoopClock, Timing, add_clock_arg, add_timing_args, check_timing_args, cuda_peak_memory, load_average,
+    time_interleaved,
 )
 
 JSON_KEYS = ("model", "device", "steps", "gate", "sp_interval", "fi_interval", "warm_up", "resolution", "baseline_s",
@@ -96,7 +97,7 @@ def run(args: argparse.Namespace, progress: bool = True) -> dict[str, Any]:
         memory = cpu_peak_memory(args, list(table), progress)
     if args.compile:
         compile_denoiser(args, spec, [pipe, stock])
-    clock = LoopClock(args.device_resolved)
+    clock = LoopClock(args.device_resolved, args.clock)
     for each in (pipe, stock):
         clock.instrument(each)
     variants = {name: variant_call(variant, pipe, stock, settings, args.seed) for name, variant in table.items()}
@@ -108,7 +109,8 @@ def run(args: argparse.Namespace, progress: bool = True) -> dict[str, Any]:
         variants["official"] = official
 
     load_before = load_average()
-    timings = time_interleaved(variants, args.repeats, args.warmup, args.device_resolved, progress, clock)
+    timings = time_interleaved(variants, args.repeats, args.warmup, args.device_resolved, progress, clock,
+                               args.clock)
     if args.batch_sizes and args.device_resolved.type == "cuda":
         memory = cuda_peak_memory(args.batch_sizes, {name: (lambda variant=variant, **extra: variant_call(
             variant, pipe, stock, settings, args.seed, **extra)) for name, variant in table.items()},
@@ -141,6 +143,7 @@ def run(args: argparse.Namespace, progress: bool = True) -> dict[str, Any]:
         "guidance_scale": spec.guidance_scale,
         "guided": guided,
         "seed": args.seed,
+        "clock": args.clock,
         "repeats": args.repeats,
         "warmup": args.warmup,
         "timings": {name: timing.summary() for name, timing in timings.items()},
@@ -230,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="video models only (wan, wan22, ltx): frames (default: the model card's, 81 for Wan, "
                         "161 for LTX-Video; 1 + a multiple of 4 for Wan, of 8 for LTX-Video)")
     add_timing_args(parser)
+    add_clock_arg(parser)
     parser.add_argument("--seed", type=int, metavar="N", help="seed of the initial noise (default: the model's)")
     parser.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
                         help="weights dtype; auto (default) = float16 on CUDA, float32 on CPU")
@@ -281,6 +285,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if args.frames is not None and args.frames < 1:
             raise ValueError(f"--frames must be >= 1, got {args.frames}")
         args.device_resolved, args.dtype_resolved = resolve_device_and_dtype(args.device, args.dtype)
+        if args.clock == "cpu" and args.device_resolved.type != "cpu":
+            raise ValueError(f"--clock cpu times the CPU's work; on {args.device_resolved.type} use --clock wall")
     except ValueError as error:
         parser.error(str(error))
     args.weights = "random" if args.random_weights else "tiny" if args.tiny else "checkpoint"

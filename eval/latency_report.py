@@ -21,7 +21,8 @@ def report(record: dict[str, Any]) -> str:
         f"{record['torch_device']}: {device} | {record['dtype']} | {record['resolution']} px, {record['steps']} steps, "
         f"gate {record['gate']}{v2}, guidance {record['guidance_scale']}, seed {record['seed']}",
         *(f"  note: {note}" for note in record["setup_notes"]),
-        f"{record['repeats']} timed runs of each after {record['warmup']} warm-up, interleaved; seconds per image:",
+        f"{record['repeats']} timed runs of each after {record['warmup']} warm-up, interleaved; "
+        + ("CPU seconds of this process" if record.get("clock") == "cpu" else "seconds") + " per image:",
         f"  {'':<44}{'median':>9}{'min':>9}{'max':>9}",
         *(f"  {labels[name]:<44}{t['median_s']:>9.3f}{t['min_s']:>9.3f}{t['max_s']:>9.3f}" for name, t in timings.items()),
         f"speedup {record['speedup']:.3f}x; MACs predict {record['macs_speedup']:.3f}x for the denoiser alone "

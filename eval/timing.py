@@ -7,7 +7,8 @@
 - memory: this process's resident memory and its peak (:func:`process_memory`, :func:`reset_peak_rss`, for
   the CPU, where each probe runs in a fresh process) and CUDA's peak allocation (:func:`cuda_peak_memory`).
 
-Every clock reading goes through this module's ``perf_counter``, so a test can give it a fake clock.
+Every clock reading goes through this module's ``perf_counter`` (wall seconds) or ``process_time`` (the
+process's CPU seconds: ``--clock cpu``), so a test can give it a fake clock.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from time import perf_counter
+from time import perf_counter, process_time
 from typing import Any, Callable, Sequence
 
 import torch
@@ -39,6 +40,22 @@ def add_timing_args(parser: argparse.ArgumentParser) -> None:
                         help="torch.compile mode (default: default; reduce-overhead uses CUDA graphs, CUDA only)")
     parser.add_argument("--compile-backend", default="inductor",
                         help="torch.compile backend (default: inductor; eager for quick checks of the code path)")
+
+
+CLOCKS = ("wall", "cpu")
+
+
+def add_clock_arg(parser: argparse.ArgumentParser) -> None:
+    """``--clock``, for a benchmark that can time the CPU (eval/latency.py; the GPU benchmark times wall seconds)."""
+    parser.add_argument("--clock", choices=CLOCKS, default="wall",
+                        help="wall: wall-clock seconds (default; an idle machine, a GPU); cpu: this process's CPU "
+                        "seconds, for the CPU only: with --threads 1 they are the work done and hardly move when "
+                        "other jobs share the machine, where wall time varies by tens of percent")
+
+
+def now(clock: str = "wall") -> float:
+    """Seconds on ``clock``: wall-clock (``perf_counter``) or this process's CPU time (``process_time``)."""
+    return perf_counter() if clock == "wall" else process_time()
 
 
 def check_timing_args(args: argparse.Namespace) -> None:
@@ -80,8 +97,8 @@ class LoopClock:
     closed, with the device synchronised at both ends. It sits outside the denoiser, so a torch.compile'd
     denoiser is timed the same way."""
 
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
+    def __init__(self, device: torch.device, clock: str = "wall") -> None:
+        self.device, self.clock = device, clock
         self.start: float | None = None
         self.end: float | None = None
 
@@ -98,14 +115,14 @@ class LoopClock:
 
         def progress_bar(*args, **kwargs):
             synchronize(self.device)
-            self.start, self.end = perf_counter(), None
+            self.start, self.end = now(self.clock), None
             bar = original(*args, **kwargs)
             close = getattr(bar, "close", None)
             if close is not None:
                 def close_and_stop(*close_args, **close_kwargs):
                     if self.end is None:
                         synchronize(self.device)
-                        self.end = perf_counter()
+                        self.end = now(self.clock)
                     return close(*close_args, **close_kwargs)
 
                 bar.close = close_and_stop
@@ -115,28 +132,30 @@ class LoopClock:
         return pipe
 
 
-def timed_run(run: Callable[[], Any], device: torch.device) -> float:
-    """Seconds of ``run()``, with the garbage collector paused as ``timeit`` does (no collection pause
-    falls at random into one variant's run)."""
+def timed_run(run: Callable[[], Any], device: torch.device, clock: str = "wall") -> float:
+    """Seconds of ``run()`` on ``clock``, with the garbage collector paused as ``timeit`` does (no collection
+    pause falls at random into one variant's run)."""
     synchronize(device)
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        start = perf_counter()
+        start = now(clock)
         run()
         synchronize(device)
-        return perf_counter() - start
+        return now(clock) - start
     finally:
         if gc_was_enabled:
             gc.enable()
 
 
 def time_interleaved(variants: dict[str, Callable[[], Any]], repeats: int, warmup: int, device: torch.device,
-                     progress: bool = True, clock: LoopClock | None = None) -> dict[str, Timing]:
+                     progress: bool = True, clock: LoopClock | None = None, seconds_on: str = "wall"
+                     ) -> dict[str, Timing]:
     """Run every variant ``warmup`` times untimed, then ``repeats`` timed rounds; round ``r`` starts with
     variant ``r mod n``: over the rounds each variant takes each place in the order in turn. With a ``clock``
     (on the pipelines the variants call), each run's denoising loop is timed too; on CUDA each variant's peak
-    allocated memory over its timed runs is kept (the peak is reset before every run)."""
+    allocated memory over its timed runs is kept (the peak is reset before every run). ``seconds_on``: the
+    clock of the runs' seconds, "wall" or "cpu" (the loop clock has its own)."""
     names = list(variants)
     seconds: dict[str, list[float]] = {name: [] for name in names}
     loops: dict[str, list[float]] = {name: [] for name in names}
@@ -153,7 +172,7 @@ def time_interleaved(variants: dict[str, Callable[[], Any]], repeats: int, warmu
                     clock.reset()
                 if cuda:
                     torch.cuda.reset_peak_memory_stats(device)
-                elapsed = timed_run(variants[name], device)
+                elapsed = timed_run(variants[name], device, seconds_on)
                 if round_index >= warmup:
                     seconds[name].append(elapsed)
                     if clock is not None and clock.seconds is not None:

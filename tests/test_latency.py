@@ -101,6 +101,30 @@ def test_seconds_speedups_and_overhead_come_from_the_clock(monkeypatch):
     assert variants["tgate"]["loop_vs_macs"] == pytest.approx(1.3333333 / variants["tgate"]["macs_speedup"])
 
 
+def test_clock_cpu_times_runs_and_loops_on_the_process_cpu_clock_only(monkeypatch):
+    wall, cpu = FakeClock(), FakeClock()
+    monkeypatch.setattr(timing, "perf_counter", wall)
+    monkeypatch.setattr(timing, "process_time", cpu)
+    built = latency.benchmarked_pipeline(MODELS["sd15"], "tiny", None, torch.device("cpu"), torch.float32)
+    monkeypatch.setattr(latency, "benchmarked_pipeline", lambda *args, **kwargs: built)
+    # a UNet step costs 1 CPU second per sample and 100 wall seconds (another job holding the machine)
+    built.pipe.unet.conv_in.register_forward_pre_hook(
+        lambda _module, args: (cpu.advance(args[0].shape[0]), wall.advance(100), None)[-1])
+    args = latency.parse_args(["--model", "sd15", "--tiny", "--steps", "4", "--gate", "2", "--repeats", "1",
+                               "--warmup", "0", "--no-official", "--clock", "cpu"])
+    record = latency.run(args, progress=False)
+    assert record["clock"] == "cpu"
+    assert [record["timings"][name]["runs_s"] for name in ("baseline", "tgate")] == [[8.0], [6.0]]
+    assert [record["timings"][name]["loop_runs_s"] for name in ("baseline", "tgate")] == [[8.0], [6.0]]
+    assert record["speedup"] == pytest.approx(8 / 6)
+
+
+def test_clock_cpu_is_refused_off_the_cpu(capsys):
+    with pytest.raises(SystemExit):
+        latency.parse_args(["--model", "sd15", "--tiny", "--device", "meta", "--clock", "cpu"])
+    assert "--clock cpu times the CPU's work" in capsys.readouterr().err
+
+
 def test_tgate_runs_the_gated_path_and_stock_and_no_gate_do_not(monkeypatch):
     args = latency.parse_args(["--model", "sd15", "--tiny", *QUICK, "--overhead", "--no-official"])
     built = latency.benchmarked_pipeline(MODELS["sd15"], "tiny", None, torch.device("cpu"), torch.float32)
