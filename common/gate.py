@@ -269,7 +269,8 @@ def _denoiser_forward(original: Callable, key: int, *args, **kwargs) -> Any:
     if not (plan.single_branch and call.guided_now) or call.two_calls:
         return original(*args, **kwargs)
     cut = call.cuts[key]
-    return cut.for_both_branches(original(**cut.keep_one_branch(args, kwargs)))
+    kept = cut.keep_one_branch(args, kwargs)
+    return cut.for_both_branches(original(**kept), kept[cut.per_sample[0]].shape[0])
 
 
 def _attention_modules(denoiser: torch.nn.Module) -> Iterator[tuple[str, torch.nn.Module]]:

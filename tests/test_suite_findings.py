@@ -1,12 +1,15 @@
 """Bugs found by running diffusers' own fast suites on the TGATE classes with the gate on
 (``tests/diffusers_suites/run.py``): a Wan 2.2 pipeline whose ``transformer`` is None (its low-noise expert
 alone, optional in diffusers at ``boundary_ratio=1.0``), and Sana-Sprint, whose guidance is an embedding
-(``guidance_embeds``), not a second branch."""
+(``guidance_embeds``), not a second branch; and diffusers' FirstBlockCache on LTX-Video, which guides in one batch:
+after the gate it adds a residual kept from the guided batch to the one branch."""
 
+import pytest
 import torch
-from diffusers import SanaSprintPipeline, SanaTransformer2DModel, SCMScheduler, WanPipeline
+from diffusers import FirstBlockCacheConfig, SanaSprintPipeline, SanaTransformer2DModel, SCMScheduler, WanPipeline
 
 from common.any_pipeline import tgate_class
+from common.models import get_model
 from common.tiny_dit import tiny_sana_components, tiny_wan22_components
 from Wan.pipeline import TgateWanPipeline
 
@@ -58,3 +61,15 @@ def test_sana_sprint_embedded_guidance_is_not_a_guidance_batch():
     gated = run(pipe, gate_step=1)  # caches each cross-attention's own output (one branch, as LCM)
     assert len(calls) == 2
     assert torch.isfinite(gated).all() and not torch.equal(gated, stock)
+
+
+def test_a_cache_that_hands_the_one_branch_a_guided_batch_output_is_named():
+    spec = get_model("ltx")
+    pipe = spec.tiny_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    # threshold 0.3: the tiny model's first block changes little, so FirstBlockCache skips the step after the gate
+    # and adds the residual it kept at the guided step before (batch 2) to the one branch (batch 1)
+    pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.3))
+    with pytest.raises(RuntimeError, match="returned 2 samples for the 1 of the one branch.*FirstBlockCache"):
+        pipe("a cat", num_inference_steps=4, gate_step=1, generator=torch.Generator().manual_seed(0),
+             output_type="latent", **dict(spec.tiny_call))
