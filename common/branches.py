@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 
@@ -124,18 +124,6 @@ def positive_only_inputs(pipeline_class: type) -> frozenset[str]:
     return frozenset(_table_entry(pipeline_class, POSITIVE_ONLY_INPUTS, every_base=True))
 
 
-def _tensors(tree: Any) -> Iterator[torch.Tensor]:
-    """The tensors of ``tree`` (nested dicts, lists, tuples, diffusers' outputs) in order."""
-    if torch.is_tensor(tree):
-        yield tree
-    elif isinstance(tree, dict):
-        for value in tree.values():
-            yield from _tensors(value)
-    elif isinstance(tree, (list, tuple)):
-        for value in tree:
-            yield from _tensors(value)
-
-
 def _map_tensors(tree: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
     if torch.is_tensor(tree):
         return fn(tree)
@@ -208,18 +196,23 @@ class BranchCut:
     def for_both_branches(self, output: Any, samples: int) -> Any:
         """The one-branch output as the guidance batch's: every tensor twice, ``[t, t]``. ``samples``: the batch
         the kept branch gave the denoiser, which its output must have."""
-        first = next(_tensors(output), None)
-        if first is not None and first.ndim and first.shape[0] != samples:
-            # A cache on the denoiser added a residual or output kept from a guided step: it broadcasts to the
-            # guided batch, and doubled here it would be wrong (or fail a step later).
-            raise RuntimeError(
-                f"{self.denoiser_name} returned {first.shape[0]} samples for the {samples} of the one branch TGATE "
-                "kept after the gate: something else on the denoiser (a cache such as diffusers' FirstBlockCache, "
-                "MagCache or TaylorSeer, set by enable_cache) reused an output of the guided batch [negative, "
-                "positive]. On a pipeline that guides in one batch TGATE does not stack with it: disable that "
-                "cache, or TGATE (gate_step=None)."
-            )
-        return _map_tensors(output, lambda tensor: torch.cat([tensor, tensor]) if tensor.ndim else tensor)
+
+        def doubled(tensor: torch.Tensor) -> torch.Tensor:
+            if not tensor.ndim:
+                return tensor
+            if tensor.shape[0] != samples:
+                # A cache on the denoiser added a residual or output kept from a guided step: it broadcasts to
+                # the guided batch, and doubled here it would be wrong (or fail a step later).
+                raise RuntimeError(
+                    f"{self.denoiser_name} returned {tensor.shape[0]} samples for the {samples} of the one branch "
+                    "TGATE kept after the gate: something else on the denoiser (a cache such as diffusers' "
+                    "FirstBlockCache, MagCache or TaylorSeer, set by enable_cache) reused an output of the guided "
+                    "batch [negative, positive]. On a pipeline that guides in one batch TGATE does not stack with "
+                    "it: disable that cache, or TGATE (gate_step=None)."
+                )
+            return torch.cat([tensor, tensor])
+
+        return _map_tensors(output, doubled)
 
 
 def branch_cut(denoiser: torch.nn.Module, pipeline_class: type | None) -> BranchCut:

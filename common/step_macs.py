@@ -8,8 +8,8 @@ one branch); a run's MACs are the sum over its steps. ``eval/macs.py`` (the tabl
 
 What counts one forward is a :data:`MacsCount`, chosen per model by :func:`macs_count_for`: calflops
 (:func:`calflops_macs`, the paper's counter) by default; :func:`flop_counter_macs` (torch's
-``FlopCounterMode``, which also counts the attention product of ``scaled_dot_product_attention``) for models
-listed in :data:`MACS_COUNTERS`.
+``FlopCounterMode``, which also counts the attention product of ``scaled_dot_product_attention``) for the
+cross-attention DiTs (``architectures.counts_attention``), or a counter named in :data:`MACS_COUNTERS`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import torch
 from .architectures import VAE_SCALE_FACTOR, counts_attention, denoiser_inputs, text_tokens
 from .builders import meta_copy
 from .dit_architectures import dit_denoiser_inputs, is_dit
-from .dit_models import DIT_MODELS
 from .gate import cross_attention_modules, deepcache_modules, gated_sampling, self_attention_modules
 from .models import ModelSpec
 from .pipeline import TgateMixin
@@ -61,15 +60,14 @@ def flop_counter_macs(denoiser: torch.nn.Module, inputs: dict[str, Any]) -> int:
     return int(mode.get_total_flops()) // 2
 
 
-# Registry model key -> its counter, where calflops is not the right one (models whose attention calflops
-# cannot see). Every other model is counted with calflops, as the paper's tables are.
-# The cross-attention DiTs: calflops skips scaled_dot_product_attention, most of a video forward (flop_count.py).
-MACS_COUNTERS: dict[str, MacsCount] = {key: flop_counter_macs for key in DIT_MODELS}
+# Registry model key -> its counter, where neither rule of macs_count_for is the right one (empty: both are).
+MACS_COUNTERS: dict[str, MacsCount] = {}
 
 
 def macs_count_for(spec: ModelSpec | None) -> MacsCount:
-    """``spec``'s counter: :data:`MACS_COUNTERS`', torch's for any other cross-attention DiT (the Wan toy), else
-    calflops."""
+    """``spec``'s counter: :data:`MACS_COUNTERS`' where it names one; torch's for the cross-attention DiTs (the Wan
+    models, the Wan toy, LTX-Video, Sana, HunyuanDiT: calflops skips ``scaled_dot_product_attention``, most of a
+    video forward, flop_count.py); else calflops, as the paper's tables are counted."""
     if spec is None:
         return calflops_macs
     if spec.key in MACS_COUNTERS:

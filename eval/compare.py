@@ -49,6 +49,7 @@ from eval.compare_variants import (  # noqa: E402
 )
 from eval.fidelity import psnr, ssim  # noqa: E402
 from eval.run_meter import run_counted, run_timed  # noqa: E402
+from eval.timing import add_clock_arg  # noqa: E402
 from eval.toy import digits  # noqa: E402
 from eval.toy.evaluate import real_digits_row, requested_digits  # noqa: E402
 
@@ -249,10 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--text-length", type=int, default=None,
                         help="the toy: max_sequence_length of the prompts (default 16; Wan's pipeline uses 512)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
-                        help="loop time for the speedup: the process's CPU seconds (default: stable on a CPU shared "
-                        "with other jobs, where wall time varies several-fold; with --threads 1 it is the work done) "
-                        "or wall-clock seconds (an idle machine, a GPU)")
+    add_clock_arg(parser, default="cpu")  # the loop time the speedups come from
     parser.add_argument("--variants", nargs="+", metavar="NAME",
                         help="run only these variants (and stock), by name as in the table (default: all)")
     parser.add_argument("--json", type=Path, help="write the results as JSON here")

@@ -45,12 +45,13 @@ def add_timing_args(parser: argparse.ArgumentParser) -> None:
 CLOCKS = ("wall", "cpu")
 
 
-def add_clock_arg(parser: argparse.ArgumentParser) -> None:
-    """``--clock``, for a benchmark that can time the CPU (eval/latency.py; the GPU benchmark times wall seconds)."""
-    parser.add_argument("--clock", choices=CLOCKS, default="wall",
-                        help="wall: wall-clock seconds (default; an idle machine, a GPU); cpu: this process's CPU "
-                        "seconds, for the CPU only: with --threads 1 they are the work done and hardly move when "
-                        "other jobs share the machine, where wall time varies by tens of percent")
+def add_clock_arg(parser: argparse.ArgumentParser, default: str = "wall") -> None:
+    """``--clock``, for a benchmark that can time the CPU (eval/latency.py, eval/compare.py; the GPU benchmark
+    times wall seconds)."""
+    parser.add_argument("--clock", choices=CLOCKS, default=default,
+                        help=f"wall: wall-clock seconds (an idle machine, a GPU); cpu: this process's CPU seconds, "
+                        "for the CPU: with --threads 1 they are the work done and hardly move when other jobs "
+                        f"share the machine, where wall time varies several-fold (default: {default})")
 
 
 def now(clock: str = "wall") -> float:
